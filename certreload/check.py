@@ -1,0 +1,167 @@
+"""``certreload --check``: one look at the files and the server, never a reload.
+
+The output is a Nagios plugin's: one status line on stdout, then detail lines, and the exit
+code 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.  ``evaluate`` is pure; ``run`` does the I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Any
+
+from certreload import snapshot
+from certreload.pem import CertInfo
+from certreload.served import Served, ServedError, read_served
+from certreload.settings import Settings
+from certreload.verdict import Policy, Verdict, judge
+
+
+class Status(IntEnum):
+    """Nagios plugin exit codes."""
+
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What --check prints and returns."""
+
+    status: Status
+    summary: str
+    details: tuple[str, ...]
+    report: dict[str, Any]
+
+    @property
+    def line(self) -> str:
+        return f"CERTRELOAD {self.status.name} - {self.summary}"
+
+
+def policy_of(settings: Settings) -> Policy:
+    """The verdict's policy from the settings."""
+    return Policy(
+        sans=settings.sans,
+        pg_uid=settings.pg_user.uid,
+        pg_user=settings.pg_user.name,
+        pg_gids=settings.pg_user.gids,
+        expiry_warning=settings.expiry_warning,
+    )
+
+
+def _leaf_words(leaf: CertInfo, now: datetime) -> str:
+    days = (leaf.not_after - now).days
+    return f"{leaf.label} valid until {leaf.not_after:%Y-%m-%d} ({days} days)"
+
+
+def evaluate(
+    verdict: Verdict,
+    served: Served | None,
+    served_error: str | None,
+    now: datetime,
+    server: str | None,
+) -> Outcome:
+    """Decide the status from the verdict and what the server presents (None: not asked)."""
+    details = [f"problem: {p}" for p in verdict.problems]
+    details += [f"warning: {w}" for w in verdict.warnings]
+    leaf = verdict.leaf
+    matches = (
+        served is not None
+        and leaf is not None
+        and served.fingerprint_sha256 == (leaf.fingerprint_sha256)
+    )
+    if leaf is not None:
+        details.append(
+            f"files: sha256 {leaf.fingerprint_sha256}, notAfter {leaf.not_after:%Y-%m-%dT%H:%M:%SZ}"
+        )
+    if served is not None:
+        details.append(f"served by {server}: sha256 {served.fingerprint_sha256}")
+    if verdict.names:
+        details.append("names checked: " + ", ".join(verdict.names))
+    report = _report(verdict, served, served_error, server, matches)
+    if not verdict.valid:
+        first = verdict.problems[0]
+        more = f" (and {len(verdict.problems) - 1} more)" if len(verdict.problems) > 1 else ""
+        status, summary = Status.CRITICAL, f"certificate set rejected: {first}{more}"
+    elif served_error is not None:
+        status, summary = (
+            Status.UNKNOWN,
+            f"files valid, but the server cannot be read: {served_error}",
+        )
+    elif served is not None and not matches:
+        status = Status.WARNING
+        summary = (
+            "files valid but not yet served: the server presents another certificate "
+            "(a reload is pending)"
+        )
+    elif verdict.expiring:
+        status = Status.WARNING
+        summary = next(str(w) for w in verdict.warnings if w.code == "expiring")
+    else:
+        assert leaf is not None
+        where = f", served by {server}" if served is not None else ", server not checked"
+        summary = _leaf_words(leaf, now) + where
+        if not verdict.names:
+            summary += "; names not checked (no --san)"
+        status = Status.OK
+    report["status"] = status.name
+    return Outcome(status, summary, tuple(details), report)
+
+
+def _report(
+    verdict: Verdict,
+    served: Served | None,
+    served_error: str | None,
+    server: str | None,
+    matches: bool,
+) -> dict[str, Any]:
+    def cert(info: CertInfo | None) -> dict[str, Any] | None:
+        if info is None:
+            return None
+        data = asdict(info)
+        data["not_before"] = info.not_before.isoformat()
+        data["not_after"] = info.not_after.isoformat()
+        return data
+
+    return {
+        "valid": verdict.valid,
+        "digest": verdict.digest,
+        "files": verdict.files,
+        "problems": [asdict(p) for p in verdict.problems],
+        "warnings": [asdict(w) for w in verdict.warnings],
+        "names_checked": list(verdict.names),
+        "leaf": cert(verdict.leaf),
+        "chain": [cert(c) for c in verdict.chain],
+        "served": {
+            "address": server,
+            "fingerprint_sha256": served.fingerprint_sha256 if served else None,
+            "error": served_error,
+            "matches_files": matches,
+        },
+    }
+
+
+def run(settings: Settings, now: datetime | None = None) -> Outcome:
+    """Read the files and the server, judge, and decide."""
+    moment = now or datetime.now(UTC)
+    snap = snapshot.read(settings.cert, settings.key, settings.ca)
+    verdict = judge(snap, policy_of(settings), moment)
+    served = error = None
+    server = str(settings.server_addr) if settings.server_addr is not None else None
+    if settings.server_addr is not None:
+        try:
+            served = read_served(settings.server_addr)
+        except ServedError as exc:
+            error = str(exc)
+    return evaluate(verdict, served, error, moment, server)
+
+
+def render(outcome: Outcome, as_json: bool) -> str:
+    """The text --check prints."""
+    if as_json:
+        return json.dumps(outcome.report, indent=2, sort_keys=True)
+    return "\n".join([outcome.line, *outcome.details])

@@ -1,0 +1,1 @@
+"""Helpers for the test suite: certificates, kubelet-style swaps, a throw-away PostgreSQL."""
