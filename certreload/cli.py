@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from certreload import daemon
 
-    return daemon.main(settings)
+    return int(daemon.main(settings))
 
 
 def _config_error(exc: settings_mod.ConfigError, checking: bool) -> int:

@@ -1,0 +1,426 @@
+"""The reconcile loop: keep the certificate the server presents equal to the valid files.
+
+Every trigger (start, the interval timer, a file event, SIGHUP) runs the same cycle:
+read one generation of the set -> verdict -> compare with what the server presents ->
+``pg_reload_conf()`` when they differ -> confirm by reading what the server now presents.
+A trigger only wakes the loop.  Each cycle returns a ``CycleResult`` that is logged once.
+
+``--once`` exit codes: 0 the server presents the valid files' certificate (reloaded if
+needed); 1 reloaded but the server still presents another certificate; 2 the set was
+rejected (nothing reloaded); 3 the server could not be reached or reloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from types import FrameType
+from typing import Any
+
+from certreload import logs, snapshot
+from certreload.check import policy_of
+from certreload.served import ServedError, read_served
+from certreload.settings import Settings
+from certreload.verdict import Verdict, judge
+
+SETTLE_SECONDS = 1.0  # how long a rejected new set is re-read before it is reported
+SETTLE_STEP = 0.1
+CONFIRM_SECONDS = 2.0  # how long to wait for the server to present the new certificate
+CONFIRM_STEP = 0.02
+BACKOFF_FIRST = 1.0
+BACKOFF_CAP = 30.0
+
+
+class Outcome(StrEnum):
+    """What a cycle found or did."""
+
+    UNCHANGED = "unchanged"  # the server presents the valid files' certificate
+    RELOADED = "reloaded"  # reloaded, and the server now presents it
+    RELOADED_UNCONFIRMED = "reloaded_unconfirmed"  # --server-addr none: cannot confirm
+    REJECTED = "rejected"  # the set is not valid: nothing reloaded
+    RELOAD_FAILED = "reload_failed"  # reloaded, but the server presents another certificate
+    UNREACHABLE = "unreachable"  # the server could not be read, connected to or logged into
+    NOT_PERMITTED = "not_permitted"  # the role may not call pg_reload_conf()
+
+
+EXIT_CODES = {
+    Outcome.UNCHANGED: 0,
+    Outcome.RELOADED: 0,
+    Outcome.RELOADED_UNCONFIRMED: 0,
+    Outcome.RELOAD_FAILED: 1,
+    Outcome.REJECTED: 2,
+    Outcome.UNREACHABLE: 3,
+    Outcome.NOT_PERMITTED: 3,
+}
+
+
+class Step(StrEnum):
+    """What a cycle must do with a valid set."""
+
+    IN_SYNC = "in_sync"  # nothing changed since the set was applied
+    PROBE = "probe"  # read what the server presents; reload if it is not the files'
+    RELOAD = "reload"  # the content changed since it was applied: reload, then confirm
+
+
+def plan(digest: str, applied: str | None, trigger: str, can_probe: bool) -> Step:
+    """Decide a valid set's step (pure).
+
+    A file event is the fast path: new content is reloaded at once, and unchanged content is
+    news of nothing (the kubelet's first event of a swap comes before the swap).  Every other
+    trigger reads what the server presents first, so a server that restarted on the files,
+    or on other files, or was reloaded by someone else, is noticed.
+    """
+    if not can_probe:
+        return Step.IN_SYNC if digest == applied else Step.RELOAD
+    if trigger == "watch" and applied is not None:
+        return Step.IN_SYNC if digest == applied else Step.RELOAD
+    return Step.PROBE
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    """One cycle's outcome, for the log line, the metrics and the exit code."""
+
+    trigger: str
+    outcome: Outcome
+    verdict: Verdict
+    served_before: str | None = None  # sha256 of what the server presented before
+    served_after: str | None = None  # ... and after a reload
+    error: str | None = None
+    duration: float = 0.0
+    new_rejection: bool = False  # first time this rejected content was seen
+
+
+@dataclass
+class _State:
+    applied_digest: str | None = None  # the last set confirmed (or, unconfirmed, reloaded)
+    rejected_digest: str | None = None  # the last rejected content, reported once
+    served: str | None = None  # sha256 of what the server presented when last read
+    reload_attempts: int = 0
+
+
+@dataclass
+class Reconciler:
+    """Runs cycles; holds only what must be remembered between them."""
+
+    settings: Settings
+    stop: threading.Event = field(default_factory=threading.Event)
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    state: _State = field(default_factory=_State)
+
+    def _judge(self) -> Verdict:
+        s = self.settings
+        return judge(snapshot.read(s.cert, s.key, s.ca), policy_of(s), self.clock())
+
+    def _settled_verdict(self) -> tuple[Verdict, bool]:
+        """A verdict; a rejected new set is re-read for up to SETTLE_SECONDS first.
+
+        A non-atomic writer (cp, certbot's live/ links) leaves a half-written set for a
+        moment; a kubelet swap never does, and a valid set is never delayed.
+        """
+        verdict = self._judge()
+        if verdict.valid or verdict.digest == self.state.rejected_digest:
+            return verdict, False
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while time.monotonic() < deadline and not self.stop.wait(SETTLE_STEP):
+            verdict = self._judge()
+            if verdict.valid or verdict.digest == self.state.rejected_digest:
+                return verdict, False
+        new = verdict.digest != self.state.rejected_digest
+        self.state.rejected_digest = verdict.digest
+        return verdict, new
+
+    def cycle(self, trigger: str) -> CycleResult:
+        started = time.monotonic()
+        result = self._cycle(trigger)
+        return CycleResult(**{**result.__dict__, "duration": time.monotonic() - started})
+
+    def _cycle(self, trigger: str) -> CycleResult:
+        verdict, new_rejection = self._settled_verdict()
+        if not verdict.valid:
+            return CycleResult(trigger, Outcome.REJECTED, verdict, new_rejection=new_rejection)
+        self.state.rejected_digest = None
+        assert verdict.leaf is not None
+        wanted = verdict.leaf.fingerprint_sha256
+        address = self.settings.server_addr
+        step = plan(verdict.digest, self.state.applied_digest, trigger, address is not None)
+        if step is Step.IN_SYNC:
+            return CycleResult(trigger, Outcome.UNCHANGED, verdict, self.state.served)
+        before = self.state.served
+        if step is Step.PROBE:
+            assert address is not None
+            try:
+                before = self.state.served = read_served(address).fingerprint_sha256
+            except ServedError as exc:
+                return CycleResult(trigger, Outcome.UNREACHABLE, verdict, error=str(exc))
+            if before == wanted:
+                self.state.applied_digest = verdict.digest
+                return CycleResult(trigger, Outcome.UNCHANGED, verdict, before, before)
+        return self._reload(trigger, verdict, before)
+
+    def _reload(self, trigger: str, verdict: Verdict, before: str | None) -> CycleResult:
+        """pg_reload_conf(), then wait until the server presents the files' certificate.
+
+        When the leaf is the one already served (only ca.crt or the intermediates changed),
+        the proof is that the server processed the reload: pg_conf_load_time() moved.
+        """
+        from certreload import pg
+
+        assert verdict.leaf is not None
+        wanted = verdict.leaf.fingerprint_sha256
+        address = self.settings.server_addr
+        try:
+            facts = pg.reload(self.settings.dsn)
+        except pg.PgError as exc:
+            return _pg_failure(trigger, verdict, exc, before)
+        self.state.reload_attempts += 1
+        if address is None:
+            self.state.applied_digest = verdict.digest
+            return CycleResult(trigger, Outcome.RELOADED_UNCONFIRMED, verdict)
+        deadline = time.monotonic() + CONFIRM_SECONDS
+        after: str | None = None
+        while not self.stop.is_set():
+            try:
+                after = read_served(address).fingerprint_sha256
+            except ServedError:
+                after = None
+            if after == wanted and (before != wanted or self._processed(facts)):
+                self.state.served = after
+                self.state.applied_digest = verdict.digest
+                return CycleResult(trigger, Outcome.RELOADED, verdict, before, after)
+            if time.monotonic() >= deadline or self.stop.wait(CONFIRM_STEP):
+                break
+        self.state.served = after
+        error = self._why_not_served(facts, after)
+        return CycleResult(trigger, Outcome.RELOAD_FAILED, verdict, before, after, error)
+
+    def _processed(self, facts: Any) -> bool:
+        from certreload import pg
+
+        try:
+            return bool(pg.conf_load_time(self.settings.dsn) > facts.conf_load_time)
+        except pg.PgError:
+            return False
+
+    def _why_not_served(self, facts: Any, after: str | None) -> str:
+        from certreload import pg
+
+        served = f"sha256 {after[:16]}…" if after else "no certificate it could be read"
+        causes = []
+        for setting, ours in (
+            (facts.ssl_cert_file, self.settings.cert),
+            (facts.ssl_key_file, self.settings.key),
+        ):
+            if (
+                setting
+                and os.path.isabs(setting)
+                and os.path.realpath(setting) != os.path.realpath(ours)
+            ):
+                causes.append(
+                    f"the server reads {setting}, not {ours}: point ssl_cert_file/ssl_key_file "
+                    "at the files certreload checks"
+                )
+        try:
+            processed = pg.conf_load_time(self.settings.dsn) > facts.conf_load_time
+        except pg.PgError:
+            processed = None
+        if processed is False:
+            causes.append(
+                "the server has not processed the reload yet (pg_conf_load_time did not move)"
+            )
+        else:
+            causes.append(
+                "the server could not load the files: look for 'SSL configuration was not "
+                "reloaded' in its log (a key file owner/mode PostgreSQL refuses is the usual "
+                "cause)"
+            )
+        return (
+            f"after pg_reload_conf() the server still presents {served}, not the files' "
+            "certificate; likely: " + "; ".join(causes)
+        )
+
+
+def _pg_failure(trigger: str, verdict: Verdict, exc: Any, before: str | None) -> CycleResult:
+    if exc.kind == "permission":
+        role = "the role in --dsn"
+        message = (
+            f"permission denied to reload the server: {exc}; grant it with "
+            f"GRANT EXECUTE ON FUNCTION pg_reload_conf() TO <{role}>, or use a superuser"
+        )
+        return CycleResult(trigger, Outcome.NOT_PERMITTED, verdict, before, error=message)
+    if exc.kind == "auth":
+        message = f"cannot log in to reload the server: {exc}; check the user and password in --dsn"
+    else:
+        message = f"cannot reload the server: {exc}"
+    return CycleResult(trigger, Outcome.UNREACHABLE, verdict, before, error=message)
+
+
+def log_result(log: Any, result: CycleResult, settings: Settings) -> None:
+    """The canonical line of a cycle, plus the rejection details once per distinct content."""
+    verdict = result.verdict
+    fields: dict[str, Any] = {
+        "trigger": result.trigger,
+        "outcome": str(result.outcome),
+        "duration_ms": round(result.duration * 1000, 1),
+    }
+    if verdict.leaf is not None:
+        fields["files_sha256"] = verdict.leaf.fingerprint_sha256
+        fields["not_after"] = verdict.leaf.not_after.isoformat()
+    if result.served_before is not None:
+        fields["served_before_sha256"] = result.served_before
+    if result.served_after is not None and result.served_after != result.served_before:
+        fields["served_after_sha256"] = result.served_after
+    if result.error:
+        fields["error"] = result.error
+    if result.outcome is Outcome.REJECTED:
+        fields["problems"] = [str(p) for p in verdict.problems]
+        if result.new_rejection:
+            log.error(
+                "certificate set rejected; the server keeps its current certificate", **fields
+            )
+        elif result.trigger in ("timer", "signal", "start"):
+            log.warning("certificate set still rejected", **fields)
+        else:
+            log.debug("cycle", **fields)
+        return
+    for warning in verdict.warnings:
+        if warning.code == "expiring" and result.trigger in ("start", "timer"):
+            log.warning("certificate expiring", problem=str(warning))
+    if result.outcome in (Outcome.UNCHANGED,):
+        if result.trigger == "start":
+            log.info("server presents the files' certificate", **fields)
+        else:
+            log.debug("cycle", **fields)
+    elif result.outcome in (Outcome.RELOADED, Outcome.RELOADED_UNCONFIRMED):
+        log.info("certificate reloaded", **fields)
+    else:
+        log.error("cycle failed", **fields)
+
+
+class Daemon:
+    """The long-running loop: wakes on the timer, file events and signals."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.reconciler = Reconciler(settings)
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._pending: str | None = None
+        self.log = logs.get()
+        self.listeners: list[Callable[[CycleResult], None]] = []
+
+    @property
+    def stopping(self) -> bool:
+        return self.reconciler.stop.is_set()
+
+    def poke(self, trigger: str) -> None:
+        """Ask for a cycle as soon as possible (thread- and signal-safe)."""
+        with self._lock:
+            if self._pending != "signal":
+                self._pending = trigger
+            self._wake.set()
+
+    def request_stop(self) -> None:
+        self.reconciler.stop.set()
+        self._wake.set()
+
+    def _next_trigger(self, timeout: float) -> str | None:
+        self._wake.wait(timeout)
+        with self._lock:
+            self._wake.clear()
+            trigger, self._pending = self._pending, None
+        if self.stopping:
+            return None
+        return trigger or "timer"
+
+    def _delay(self, result: CycleResult, failures: int) -> float:
+        if result.outcome in (Outcome.UNREACHABLE,):
+            return float(
+                min(BACKOFF_FIRST * 2 ** max(failures - 1, 0), BACKOFF_CAP, self.settings.interval)
+            )
+        return self.settings.interval
+
+    def install_signals(self) -> None:
+        def on_stop(signum: int, frame: FrameType | None) -> None:
+            self.request_stop()
+
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            self.poke("signal")
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def run_once(self) -> int:
+        result = self.reconciler.cycle("start")
+        log_result(self.log, result, self.settings)
+        self._tell(result)
+        return EXIT_CODES[result.outcome]
+
+    def _tell(self, result: CycleResult) -> None:
+        for listener in self.listeners:
+            listener(result)
+
+    def run_forever(self) -> int:
+        from certreload.watch import Watcher
+
+        watcher = Watcher(self.settings.watched_dirs, lambda: self.poke("watch"))
+        watch_problems: set[str] = set()
+        trigger: str | None = "start"
+        failures = 0
+        try:
+            while trigger is not None:
+                for problem in watcher.ensure():
+                    if problem not in watch_problems:
+                        self.log.warning(
+                            "folder not watched; the periodic check still runs", problem=problem
+                        )
+                        watch_problems.add(problem)
+                result = self.reconciler.cycle(trigger)
+                if self.stopping and result.outcome is Outcome.RELOAD_FAILED:
+                    break  # interrupted while confirming: not a failure to report
+                log_result(self.log, result, self.settings)
+                self._tell(result)
+                failures = failures + 1 if result.outcome is Outcome.UNREACHABLE else 0
+                trigger = self._next_trigger(self._delay(result, failures))
+        finally:
+            watcher.stop()
+        self.log.info("stopped")
+        return 0
+
+
+def main(settings: Settings) -> int:
+    """Run the daemon (or one pass with --once); return the exit code."""
+    logs.configure(settings.log_format, settings.log_level)
+    log = logs.get()
+    from certreload import pg
+
+    log.info(
+        "starting",
+        mode=settings.mode,
+        cert=str(settings.cert),
+        key=str(settings.key),
+        ca=str(settings.ca) if settings.ca else "system",
+        names=list(settings.sans),
+        server_addr=str(settings.server_addr) if settings.server_addr else "none",
+        dsn=pg.redact(settings.dsn),
+        interval=settings.interval,
+    )
+    if not settings.sans:
+        log.warning("no --san given: the names clients connect with are not being checked")
+    if settings.server_addr is None:
+        log.warning(
+            "--server-addr none: reloads cannot be confirmed; certreload reloads once at start "
+            "and whenever the valid content changes"
+        )
+    daemon = Daemon(settings)
+    if settings.mode == "once":
+        return daemon.run_once()
+    daemon.install_signals()
+    return daemon.run_forever()
