@@ -40,7 +40,7 @@ Owner = Literal["postgres", "root"]
 SERVER_AUTH = ExtendedKeyUsageOID.SERVER_AUTH
 CLIENT_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH
 
-_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+_HASHES: dict[str, type[hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
     "sha256": hashes.SHA256,
     "sha384": hashes.SHA384,
     "sha512": hashes.SHA512,
@@ -223,7 +223,7 @@ def make_key(kind: KeyKind) -> CertificateIssuerPrivateKeyTypes:
     if kind == "rsa2048":
         return rsa.generate_private_key(public_exponent=65537, key_size=2048)
     if kind == "rsa1024":
-        return rsa.generate_private_key(public_exponent=65537, key_size=1024)
+        return rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - a key the server must refuse
     if kind == "ed25519":
         return ed25519.Ed25519PrivateKey.generate()
     raise ValueError(f"unknown key kind {kind!r}")
@@ -244,9 +244,7 @@ def _name(cn: str | None, org: str | None = None) -> x509.Name:
     return x509.Name(attrs)
 
 
-def _dates(
-    not_before: datetime | None, not_after: datetime | None
-) -> tuple[datetime, datetime]:
+def _dates(not_before: datetime | None, not_after: datetime | None) -> tuple[datetime, datetime]:
     now = datetime.now(UTC)
     start = not_before if not_before is not None else now - timedelta(hours=1)
     end = not_after if not_after is not None else now + timedelta(days=365)

@@ -84,7 +84,7 @@ class SecretVolume:
                 break
             except FileExistsError:
                 continue
-        os.chmod(new_dir, 0o755)
+        os.chmod(new_dir, 0o755)  # noqa: S103 - the kubelet's own mode for the folder
 
         # 2. the payload, each file with the secret's mode and the fsGroup
         for name, data in files.items():

@@ -241,7 +241,9 @@ class PgServer:
         self.ssl_cert_file, self.ssl_key_file, self.ssl_ca_file = cert, key, ca
         self.reload_and_wait()
 
-    def create_role(self, name: str, password: str | None = None, *, superuser: bool = False) -> None:
+    def create_role(
+        self, name: str, password: str | None = None, *, superuser: bool = False
+    ) -> None:
         """CREATE ROLE ... LOGIN [PASSWORD ...] [SUPERUSER]."""
         query = sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name))
         if password is not None:
