@@ -12,6 +12,7 @@ rejected (nothing reloaded); 3 the server could not be reached or reloaded.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -23,9 +24,11 @@ from enum import StrEnum
 from types import FrameType
 from typing import Any
 
-from certreload import logs, snapshot
+from certreload import __version__, logs, snapshot
 from certreload.check import policy_of
-from certreload.served import ServedError, read_served
+from certreload.notify import Notifier
+from certreload.pem import CertInfo, describe_der
+from certreload.served import Served, ServedError, read_served
 from certreload.settings import Settings
 from certreload.verdict import Verdict, judge
 
@@ -35,6 +38,7 @@ CONFIRM_SECONDS = 2.0  # how long to wait for the server to present the new cert
 CONFIRM_STEP = 0.02
 BACKOFF_FIRST = 1.0
 BACKOFF_CAP = 30.0
+EXIT_LISTEN = 1  # --listen could not bind: may be passing, so systemd may restart it
 
 
 class Outcome(StrEnum):
@@ -95,6 +99,8 @@ class CycleResult:
     error: str | None = None
     duration: float = 0.0
     new_rejection: bool = False  # first time this rejected content was seen
+    reload_attempted: bool = False  # pg_reload_conf() was called (or tried)
+    served_info: CertInfo | None = None  # what the server presented last, when read
 
 
 @dataclass
@@ -102,7 +108,6 @@ class _State:
     applied_digest: str | None = None  # the last set confirmed (or, unconfirmed, reloaded)
     rejected_digest: str | None = None  # the last rejected content, reported once
     served: str | None = None  # sha256 of what the server presented when last read
-    reload_attempts: int = 0
 
 
 @dataclass
@@ -139,12 +144,18 @@ class Reconciler:
     def cycle(self, trigger: str) -> CycleResult:
         started = time.monotonic()
         result = self._cycle(trigger)
-        return CycleResult(**{**result.__dict__, "duration": time.monotonic() - started})
+        return dataclasses.replace(result, duration=time.monotonic() - started)
 
     def _cycle(self, trigger: str) -> CycleResult:
         verdict, new_rejection = self._settled_verdict()
         if not verdict.valid:
-            return CycleResult(trigger, Outcome.REJECTED, verdict, new_rejection=new_rejection)
+            return CycleResult(
+                trigger,
+                Outcome.REJECTED,
+                verdict,
+                new_rejection=new_rejection,
+                served_info=self._served_info() if trigger != "watch" else None,
+            )
         self.state.rejected_digest = None
         assert verdict.leaf is not None
         wanted = verdict.leaf.fingerprint_sha256
@@ -156,13 +167,27 @@ class Reconciler:
         if step is Step.PROBE:
             assert address is not None
             try:
-                before = self.state.served = read_served(address).fingerprint_sha256
+                served = read_served(address)
             except ServedError as exc:
                 return CycleResult(trigger, Outcome.UNREACHABLE, verdict, error=str(exc))
+            before = self.state.served = served.fingerprint_sha256
             if before == wanted:
                 self.state.applied_digest = verdict.digest
-                return CycleResult(trigger, Outcome.UNCHANGED, verdict, before, before)
+                return CycleResult(
+                    trigger, Outcome.UNCHANGED, verdict, before, before, served_info=verdict.leaf
+                )
         return self._reload(trigger, verdict, before)
+
+    def _served_info(self) -> CertInfo | None:
+        """What the server presents, for the metrics; None when it cannot be read."""
+        if self.settings.server_addr is None:
+            return None
+        try:
+            served = read_served(self.settings.server_addr)
+        except ServedError:
+            return None
+        self.state.served = served.fingerprint_sha256
+        return describe_der(served.der)
 
     def _reload(self, trigger: str, verdict: Verdict, before: str | None) -> CycleResult:
         """pg_reload_conf(), then wait until the server presents the files' certificate.
@@ -179,26 +204,44 @@ class Reconciler:
             facts = pg.reload(self.settings.dsn)
         except pg.PgError as exc:
             return _pg_failure(trigger, verdict, exc, before)
-        self.state.reload_attempts += 1
         if address is None:
             self.state.applied_digest = verdict.digest
-            return CycleResult(trigger, Outcome.RELOADED_UNCONFIRMED, verdict)
+            return CycleResult(
+                trigger, Outcome.RELOADED_UNCONFIRMED, verdict, reload_attempted=True
+            )
         deadline = time.monotonic() + CONFIRM_SECONDS
-        after: str | None = None
+        served: Served | None = None
         while not self.stop.is_set():
             try:
-                after = read_served(address).fingerprint_sha256
+                served = read_served(address)
             except ServedError:
-                after = None
+                served = None
+            after = served.fingerprint_sha256 if served else None
             if after == wanted and (before != wanted or self._processed(facts)):
                 self.state.served = after
                 self.state.applied_digest = verdict.digest
-                return CycleResult(trigger, Outcome.RELOADED, verdict, before, after)
+                return CycleResult(
+                    trigger,
+                    Outcome.RELOADED,
+                    verdict,
+                    before,
+                    after,
+                    reload_attempted=True,
+                    served_info=verdict.leaf,
+                )
             if time.monotonic() >= deadline or self.stop.wait(CONFIRM_STEP):
                 break
-        self.state.served = after
-        error = self._why_not_served(facts, after)
-        return CycleResult(trigger, Outcome.RELOAD_FAILED, verdict, before, after, error)
+        after = self.state.served = served.fingerprint_sha256 if served else None
+        return CycleResult(
+            trigger,
+            Outcome.RELOAD_FAILED,
+            verdict,
+            before,
+            after,
+            self._why_not_served(facts, after),
+            reload_attempted=True,
+            served_info=describe_der(served.der) if served else None,
+        )
 
     def _processed(self, facts: Any) -> bool:
         from certreload import pg
@@ -248,17 +291,20 @@ class Reconciler:
 
 def _pg_failure(trigger: str, verdict: Verdict, exc: Any, before: str | None) -> CycleResult:
     if exc.kind == "permission":
-        role = "the role in --dsn"
         message = (
             f"permission denied to reload the server: {exc}; grant it with "
-            f"GRANT EXECUTE ON FUNCTION pg_reload_conf() TO <{role}>, or use a superuser"
+            "GRANT EXECUTE ON FUNCTION pg_reload_conf() TO <the role in --dsn>, or use a superuser"
         )
-        return CycleResult(trigger, Outcome.NOT_PERMITTED, verdict, before, error=message)
+        return CycleResult(
+            trigger, Outcome.NOT_PERMITTED, verdict, before, error=message, reload_attempted=True
+        )
     if exc.kind == "auth":
         message = f"cannot log in to reload the server: {exc}; check the user and password in --dsn"
     else:
         message = f"cannot reload the server: {exc}"
-    return CycleResult(trigger, Outcome.UNREACHABLE, verdict, before, error=message)
+    return CycleResult(
+        trigger, Outcome.UNREACHABLE, verdict, before, error=message, reload_attempted=True
+    )
 
 
 def log_result(log: Any, result: CycleResult, settings: Settings) -> None:
@@ -306,14 +352,16 @@ def log_result(log: Any, result: CycleResult, settings: Settings) -> None:
 class Daemon:
     """The long-running loop: wakes on the timer, file events and signals."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
         self.settings = settings
         self.reconciler = Reconciler(settings)
+        self.notifier = notifier or Notifier({})
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._pending: str | None = None
         self.log = logs.get()
         self.listeners: list[Callable[[CycleResult], None]] = []
+        self.on_watch_event: Callable[[], None] = lambda: None
 
     @property
     def stopping(self) -> bool:
@@ -326,12 +374,25 @@ class Daemon:
                 self._pending = trigger
             self._wake.set()
 
+    def _watch_event(self) -> None:
+        self.on_watch_event()
+        self.poke("watch")
+
     def request_stop(self) -> None:
         self.reconciler.stop.set()
         self._wake.set()
 
     def _next_trigger(self, timeout: float) -> str | None:
-        self._wake.wait(timeout)
+        """Sleep until woken or ``timeout``; ping systemd's watchdog meanwhile."""
+        ping = self.notifier.watchdog_interval
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            woken = self._wake.wait(max(0.0, min(left, ping) if ping else left))
+            if ping:
+                self.notifier.watchdog()
+            if woken or time.monotonic() >= deadline:
+                break
         with self._lock:
             self._wake.clear()
             trigger, self._pending = self._pending, None
@@ -340,10 +401,9 @@ class Daemon:
         return trigger or "timer"
 
     def _delay(self, result: CycleResult, failures: int) -> float:
-        if result.outcome in (Outcome.UNREACHABLE,):
-            return float(
-                min(BACKOFF_FIRST * 2 ** max(failures - 1, 0), BACKOFF_CAP, self.settings.interval)
-            )
+        if result.outcome is Outcome.UNREACHABLE:
+            backoff = BACKOFF_FIRST * 2 ** max(failures - 1, 0)
+            return float(min(backoff, BACKOFF_CAP, self.settings.interval))
         return self.settings.interval
 
     def install_signals(self) -> None:
@@ -359,18 +419,18 @@ class Daemon:
 
     def run_once(self) -> int:
         result = self.reconciler.cycle("start")
-        log_result(self.log, result, self.settings)
         self._tell(result)
         return EXIT_CODES[result.outcome]
 
     def _tell(self, result: CycleResult) -> None:
+        log_result(self.log, result, self.settings)
         for listener in self.listeners:
             listener(result)
 
     def run_forever(self) -> int:
         from certreload.watch import Watcher
 
-        watcher = Watcher(self.settings.watched_dirs, lambda: self.poke("watch"))
+        watcher = Watcher(self.settings.watched_dirs, self._watch_event)
         watch_problems: set[str] = set()
         trigger: str | None = "start"
         failures = 0
@@ -382,14 +442,20 @@ class Daemon:
                             "folder not watched; the periodic check still runs", problem=problem
                         )
                         watch_problems.add(problem)
+                if trigger == "signal":
+                    self.notifier.reloading()
                 result = self.reconciler.cycle(trigger)
                 if self.stopping and result.outcome is Outcome.RELOAD_FAILED:
                     break  # interrupted while confirming: not a failure to report
-                log_result(self.log, result, self.settings)
                 self._tell(result)
+                if trigger in ("start", "signal"):
+                    self.notifier.ready(f"last check: {result.outcome}")
+                else:
+                    self.notifier.status(f"last check: {result.outcome}")
                 failures = failures + 1 if result.outcome is Outcome.UNREACHABLE else 0
                 trigger = self._next_trigger(self._delay(result, failures))
         finally:
+            self.notifier.stopping()
             watcher.stop()
         self.log.info("stopped")
         return 0
@@ -403,6 +469,7 @@ def main(settings: Settings) -> int:
 
     log.info(
         "starting",
+        version=__version__,
         mode=settings.mode,
         cert=str(settings.cert),
         key=str(settings.key),
@@ -411,6 +478,7 @@ def main(settings: Settings) -> int:
         server_addr=str(settings.server_addr) if settings.server_addr else "none",
         dsn=pg.redact(settings.dsn),
         interval=settings.interval,
+        listen=str(settings.listen) if settings.listen else "off",
     )
     if not settings.sans:
         log.warning("no --san given: the names clients connect with are not being checked")
@@ -419,8 +487,24 @@ def main(settings: Settings) -> int:
             "--server-addr none: reloads cannot be confirmed; certreload reloads once at start "
             "and whenever the valid content changes"
         )
-    daemon = Daemon(settings)
+    daemon = Daemon(settings, Notifier())
     if settings.mode == "once":
         return daemon.run_once()
+    stop_http = None
+    if settings.listen is not None:
+        from certreload.metrics import Metrics, serve
+
+        metrics = Metrics(settings.interval)
+        daemon.listeners.append(metrics.observe)
+        daemon.on_watch_event = metrics.watch_events.inc
+        try:
+            stop_http = serve(settings.listen, metrics)
+        except OSError as exc:
+            log.error("cannot listen", address=str(settings.listen), error=exc.strerror or str(exc))
+            return EXIT_LISTEN
     daemon.install_signals()
-    return daemon.run_forever()
+    try:
+        return daemon.run_forever()
+    finally:
+        if stop_http is not None:
+            stop_http()

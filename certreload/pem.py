@@ -121,6 +121,14 @@ def describe(cert: x509.Certificate) -> ParsedCert:
     return ParsedCert(cert, info, NameFacts(tuple(dns), tuple(ips), common_name))
 
 
+def describe_der(der: bytes) -> CertInfo | None:
+    """The facts of a DER certificate (as a server presents it); None if it cannot be parsed."""
+    try:
+        return describe(x509.load_der_x509_certificate(der)).info
+    except ValueError:
+        return None
+
+
 def parse_certs(data: bytes) -> list[ParsedCert]:
     """Every certificate of a PEM file, in order; raises UnreadableError saying what is wrong."""
     begins, ends = _labels(data)
