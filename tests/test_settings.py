@@ -1,0 +1,103 @@
+"""Settings: precedence flag > environment > file > default, and errors naming their source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from certreload.cli import main
+from certreload.settings import Address, ConfigError, load
+
+
+def test_dir_gives_the_three_files() -> None:
+    """--dir DIR means DIR/tls.crt, DIR/tls.key and DIR/ca.crt."""
+    s = load(["--dir", "/s"], {})
+    assert (s.cert, s.key, s.ca) == (Path("/s/tls.crt"), Path("/s/tls.key"), Path("/s/ca.crt"))
+    assert s.mode == "run"
+
+
+def test_ca_in_a_second_folder_and_system() -> None:
+    """--ca overrides DIR's ca.crt; 'system' means the OS trust store."""
+    assert load(["--dir", "/s", "--ca", "/ca/ca.crt"], {}).ca == Path("/ca/ca.crt")
+    assert load(["--dir", "/s", "--ca", "system"], {}).ca is None
+
+
+def test_flag_beats_environment_beats_default() -> None:
+    """A flag wins over its environment variable, which wins over the default."""
+    env = {"CERTRELOAD_DIR": "/env", "CERTRELOAD_EXPIRY_WARNING": "3"}
+    assert load([], env).cert == Path("/env/tls.crt")
+    assert load(["--dir", "/flag"], env).cert == Path("/flag/tls.crt")
+    assert load([], env).expiry_warning.days == 3
+    assert load(["--dir", "/d"], {}).expiry_warning.days == 14
+
+
+def test_config_file_is_below_environment(tmp_path: Path) -> None:
+    """The TOML file gives values below the environment and flags."""
+    config = tmp_path / "c.toml"
+    config.write_text('dir = "/file"\nsan = ["a", "b"]\ninterval = 7\n')
+    assert load(["--config", str(config)], {}).sans == ("a", "b")
+    assert load(["--config", str(config)], {}).interval == 7
+    assert load(["--config", str(config)], {"CERTRELOAD_DIR": "/env"}).cert == Path("/env/tls.crt")
+    assert load(["--config", str(config), "--san", "c"], {}).sans == ("c",)
+
+
+def test_unknown_config_key_is_named(tmp_path: Path) -> None:
+    """An unknown key is refused by name; a known one beside it is not."""
+    config = tmp_path / "c.toml"
+    config.write_text('dir = "/d"\nsna = ["x"]\n')
+    with pytest.raises(ConfigError, match="unknown key 'sna'"):
+        load(["--config", str(config)], {})
+    config.write_text('dir = "/d"\nsan = ["x"]\n')
+    assert load(["--config", str(config)], {}).sans == ("x",)
+
+
+def test_san_list_from_environment() -> None:
+    """CERTRELOAD_SAN is comma-separated; repeated --san flags add up."""
+    assert load(["--dir", "/d"], {"CERTRELOAD_SAN": "a, b,10.0.0.1"}).sans == ("a", "b", "10.0.0.1")
+    assert load(["--dir", "/d", "--san", "a", "--san", "b"], {}).sans == ("a", "b")
+
+
+def test_server_addr_default_follows_dsn_then_pgport() -> None:
+    """127.0.0.1 and the DSN's port, else PGPORT, else 5432; 'none' turns it off."""
+    assert load(["--dir", "/d"], {}).server_addr == Address("127.0.0.1", 5432)
+    assert load(["--dir", "/d"], {"PGPORT": "6000"}).server_addr == Address("127.0.0.1", 6000)
+    assert load(["--dir", "/d", "--dsn", "port=7000"], {"PGPORT": "6000"}).server_addr == Address(
+        "127.0.0.1", 7000
+    )
+    assert load(["--dir", "/d", "--server-addr", "none"], {}).server_addr is None
+    assert load(["--dir", "/d", "--server-addr", "[::1]:5"], {}).server_addr == Address("::1", 5)
+
+
+def test_every_bad_value_is_reported() -> None:
+    """All problems come together, each naming where the value came from."""
+    with pytest.raises(ConfigError) as caught:
+        load(["--interval", "-1", "--server-addr", "nowhere"], {"CERTRELOAD_LOG_LEVEL": "loud"})
+    text = " | ".join(caught.value.problems)
+    assert "--interval" in text
+    assert "CERTRELOAD_LOG_LEVEL" in text
+    assert "--server-addr" in text
+    assert "no cert file" in text
+
+
+def test_usage_errors_exit_3_under_check_and_64_otherwise(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One clear line, no traceback: UNKNOWN (3) under --check, 64 otherwise."""
+    assert main(["--check", "--dir", "/d", "--bogus"]) == 3
+    out = capsys.readouterr().out
+    assert out.startswith("CERTRELOAD UNKNOWN - ")
+    assert "--bogus" in out
+    assert "Traceback" not in out
+    assert main(["--dir", "/d", "--bogus"]) == 64
+    err = capsys.readouterr().err
+    assert "--bogus" in err
+    assert "Traceback" not in err
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help prints every flag and exits 0."""
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--dir", "--cert", "--key", "--ca", "--san", "--server-addr", "--check"):
+        assert flag in out
