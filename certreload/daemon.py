@@ -339,7 +339,7 @@ def log_result(log: Any, result: CycleResult, settings: Settings) -> None:
         if warning.code == "expiring" and result.trigger in ("start", "timer"):
             log.warning("certificate expiring", problem=str(warning))
     if result.outcome in (Outcome.UNCHANGED,):
-        if result.trigger == "start":
+        if result.trigger in ("start", "signal"):
             log.info("server presents the files' certificate", **fields)
         else:
             log.debug("cycle", **fields)
