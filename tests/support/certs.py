@@ -98,8 +98,6 @@ def docs_openssl_set(
     ca = f"{org}-RootCA"
     ca_dir = workdir / ca
     ca_dir.mkdir(parents=True, exist_ok=True)
-    dns2, dns3, dns4 = f"{cn}-repl", f"{cn}-pooler", f"{cn}-pooler-repl"
-    san = f"subjectAltName=DNS:{cn},DNS:{dns2},DNS:{dns3},DNS:{dns4}"
 
     # Creating the CA-Key
     _openssl(
@@ -119,6 +117,21 @@ def docs_openssl_set(
         ],
         ca_dir,
     )  # fmt: skip
+    _docs_leaf(ca_dir, ca, password, cn, org)
+    return DocsSet(
+        ca_cert=ca_dir / f"{ca}.crt",
+        ca_key=ca_dir / f"{ca}.key",
+        ca_key_password=password,
+        cert=ca_dir / f"{cn}.crt",
+        key=ca_dir / f"{cn}.key",
+        csr=ca_dir / f"{cn}.csr",
+    )
+
+
+def _docs_leaf(ca_dir: Path, ca: str, password: str, cn: str, org: str) -> None:
+    """The docs' second block: key, CSR with the four DNS names, signed by the CA."""
+    dns2, dns3, dns4 = f"{cn}-repl", f"{cn}-pooler", f"{cn}-pooler-repl"
+    san = f"subjectAltName=DNS:{cn},DNS:{dns2},DNS:{dns3},DNS:{dns4}"
     # Creating the private Key
     _openssl(
         [
@@ -147,14 +160,14 @@ def docs_openssl_set(
         ],
         ca_dir,
     )  # fmt: skip
-    return DocsSet(
-        ca_cert=ca_dir / f"{ca}.crt",
-        ca_key=ca_dir / f"{ca}.key",
-        ca_key_password=password,
-        cert=ca_dir / f"{cn}.crt",
-        key=ca_dir / f"{cn}.key",
-        csr=ca_dir / f"{cn}.csr",
-    )
+
+
+def docs_renew_leaf(
+    docs: DocsSet, cn: str = "cluster-1", org: str = "MyCustomOrganization"
+) -> None:
+    """Run the docs' certificate block again with the same CA: a renewal, in place."""
+    ca = docs.ca_cert.stem
+    _docs_leaf(docs.ca_cert.parent, ca, docs.ca_key_password, cn, org)
 
 
 # --------------------------------------------------------------------------- the factory
