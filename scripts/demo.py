@@ -103,7 +103,7 @@ def main() -> int:
 
         def ready() -> bool:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{listen}/readyz", timeout=1) as r:  # noqa: S310
+                with urllib.request.urlopen(f"http://127.0.0.1:{listen}/readyz", timeout=1) as r:
                     return bool(r.status == 200)
             except OSError:
                 return False
@@ -114,7 +114,7 @@ def main() -> int:
              "--server-addr", f"127.0.0.1:{server.port}"],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
-        print("   $ certreload --check ...   (exit %d)" % check.returncode)
+        print(f"   $ certreload --check ...   (exit {check.returncode})")
         print("   " + check.stdout.replace("\n", "\n   ").rstrip())
 
         say("5. Renewal: the docs' certificate commands again (same CA), swapped in kubelet-style")
