@@ -6,7 +6,6 @@ code 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.  ``evaluate`` is pure; ``run`` does
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from enum import IntEnum
@@ -163,5 +162,7 @@ def run(settings: Settings, now: datetime | None = None) -> Outcome:
 def render(outcome: Outcome, as_json: bool) -> str:
     """The text --check prints."""
     if as_json:
+        import json
+
         return json.dumps(outcome.report, indent=2, sort_keys=True)
     return "\n".join([outcome.line, *outcome.details])

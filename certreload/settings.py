@@ -14,7 +14,6 @@ import argparse
 import ipaddress
 import os
 import pwd
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -246,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _read_file(path: str) -> dict[str, object]:
+    import tomllib  # only when a config file is given: --check stays light
+
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
