@@ -7,11 +7,13 @@ code 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.  ``evaluate`` is pure; ``run`` does
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any
 
 from certreload import snapshot
+from certreload.mounts import Finding, diagnose
 from certreload.pem import CertInfo
 from certreload.served import Served, ServedError, read_served
 from certreload.settings import Settings
@@ -49,6 +51,7 @@ def policy_of(settings: Settings) -> Policy:
         pg_user=settings.pg_user.name,
         pg_gids=settings.pg_user.gids,
         expiry_warning=settings.expiry_warning,
+        key_rule=settings.install_dir is None,
     )
 
 
@@ -63,10 +66,19 @@ def evaluate(
     served_error: str | None,
     now: datetime,
     server: str | None,
+    findings: Sequence[Finding] = (),
+    ca_note: str | None = None,
 ) -> Outcome:
-    """Decide the status from the verdict and what the server presents (None: not asked)."""
+    """Decide the status from the verdict and what the server presents (None: not asked).
+
+    ``findings`` are mount diagnostics (a subPath mount makes an otherwise OK set WARNING);
+    ``ca_note`` says that the served certificate is not trusted by the files' ca.crt.
+    """
     details = [f"problem: {p}" for p in verdict.problems]
     details += [f"warning: {w}" for w in verdict.warnings]
+    details += [f"{'warning' if f.code == 'subpath-mount' else 'note'}: {f}" for f in findings]
+    if ca_note:
+        details.append(f"warning: {ca_note}")
     leaf = verdict.leaf
     matches = (
         served is not None
@@ -100,6 +112,9 @@ def evaluate(
     elif verdict.expiring:
         status = Status.WARNING
         summary = next(str(w) for w in verdict.warnings if w.code == "expiring")
+    elif any(f.code == "subpath-mount" for f in findings):
+        status = Status.WARNING
+        summary = next(str(f) for f in findings if f.code == "subpath-mount")
     else:
         assert leaf is not None
         where = f", served by {server}" if served is not None else ", server not checked"
@@ -108,6 +123,8 @@ def evaluate(
             summary += "; names not checked (no --san)"
         status = Status.OK
     report["status"] = status.name
+    report["mounts"] = [asdict(f) for f in findings]
+    report["ca_rotation"] = ca_note
     return Outcome(status, summary, tuple(details), report)
 
 
@@ -156,7 +173,42 @@ def run(settings: Settings, now: datetime | None = None) -> Outcome:
             served = read_served(settings.server_addr)
         except ServedError as exc:
             error = str(exc)
-    return evaluate(verdict, served, error, moment, server)
+    files = [settings.cert, settings.key, *([settings.ca] if settings.ca else [])]
+    note = served_trust_note(snap, served, verdict)
+    return evaluate(verdict, served, error, moment, server, diagnose(files), note)
+
+
+def served_trust_note(
+    snap: snapshot.Snapshot, served: Served | None, verdict: Verdict
+) -> str | None:
+    """When the server presents another certificate that ca.crt no longer trusts: say so.
+
+    That is a CA rotation done in the unsafe order: clients given this ca.crt cannot verify
+    the server until it loads the new leaf.
+    """
+    leaf = verdict.leaf
+    if served is None or leaf is None or served.fingerprint_sha256 == leaf.fingerprint_sha256:
+        return None
+    if snap.ca is None or snap.ca.data is None or snap.cert.data is None:
+        return None
+    from cryptography import x509
+
+    from certreload.pem import UnreadableError, chain_path, describe, parse_certs
+
+    try:
+        presented = describe(x509.load_der_x509_certificate(served.der))
+        trusted = parse_certs(snap.ca.data)
+        extras = parse_certs(snap.cert.data)[1:]
+    except (ValueError, UnreadableError):
+        return None
+    if chain_path(presented, extras, trusted, datetime.now(UTC))[1]:
+        return None
+    return (
+        f"CA rotation: the certificate the server presents (issuer '{presented.info.issuer}') "
+        f"is not trusted by {snap.ca.name}; clients given this ca.crt fail verify-full until "
+        "the server loads the new leaf. Safe order: a ca.crt holding both CAs first, then "
+        "the new leaf"
+    )
 
 
 def render(outcome: Outcome, as_json: bool) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from certreload.notify import Notifier
 from certreload.pem import CertInfo, describe_der
 from certreload.served import Served, ServedError, read_served
 from certreload.settings import Settings
+from certreload.snapshot import Snapshot
 from certreload.verdict import Verdict, judge
 
 SETTLE_SECONDS = 1.0  # how long a rejected new set is re-read before it is reported
@@ -51,6 +53,7 @@ class Outcome(StrEnum):
     RELOAD_FAILED = "reload_failed"  # reloaded, but the server presents another certificate
     UNREACHABLE = "unreachable"  # the server could not be read, connected to or logged into
     NOT_PERMITTED = "not_permitted"  # the role may not call pg_reload_conf()
+    INSTALL_FAILED = "install_failed"  # --install-dir: the set could not be installed
 
 
 EXIT_CODES = {
@@ -61,6 +64,7 @@ EXIT_CODES = {
     Outcome.REJECTED: 2,
     Outcome.UNREACHABLE: 3,
     Outcome.NOT_PERMITTED: 3,
+    Outcome.INSTALL_FAILED: 3,
 }
 
 
@@ -101,6 +105,19 @@ class CycleResult:
     new_rejection: bool = False  # first time this rejected content was seen
     reload_attempted: bool = False  # pg_reload_conf() was called (or tried)
     served_info: CertInfo | None = None  # what the server presented last, when read
+    installed: bool = False  # --install-dir holds this valid set after the cycle
+    pgbouncer: Outcome | None = None  # PgBouncer's outcome, when it is a target
+    pgbouncer_error: str | None = None
+    ca_rotation: str | None = None  # the new leaf is not trusted by the previous ca.crt
+    hook_error: str | None = None  # --on-change failed (nothing is undone)
+
+    @property
+    def exit_code(self) -> int:
+        """--once's exit code: the worse of the server's and PgBouncer's."""
+        codes = [EXIT_CODES[self.outcome]]
+        if self.pgbouncer is not None:
+            codes.append(EXIT_CODES[self.pgbouncer])
+        return max(codes)
 
 
 @dataclass
@@ -108,6 +125,8 @@ class _State:
     applied_digest: str | None = None  # the last set confirmed (or, unconfirmed, reloaded)
     rejected_digest: str | None = None  # the last rejected content, reported once
     served: str | None = None  # sha256 of what the server presented when last read
+    applied_ca: bytes | None = None  # ca.crt of the set last applied: what clients were given
+    hooked_digest: str | None = None  # the last set --on-change ran for
 
 
 @dataclass
@@ -119,27 +138,28 @@ class Reconciler:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     state: _State = field(default_factory=_State)
 
-    def _judge(self) -> Verdict:
+    def _judge(self) -> tuple[Snapshot, Verdict]:
         s = self.settings
-        return judge(snapshot.read(s.cert, s.key, s.ca), policy_of(s), self.clock())
+        snap = snapshot.read(s.cert, s.key, s.ca)
+        return snap, judge(snap, policy_of(s), self.clock())
 
-    def _settled_verdict(self) -> tuple[Verdict, bool]:
+    def _settled_verdict(self) -> tuple[Snapshot, Verdict, bool]:
         """A verdict; a rejected new set is re-read for up to SETTLE_SECONDS first.
 
         A non-atomic writer (cp, certbot's live/ links) leaves a half-written set for a
         moment; a kubelet swap never does, and a valid set is never delayed.
         """
-        verdict = self._judge()
+        snap, verdict = self._judge()
         if verdict.valid or verdict.digest == self.state.rejected_digest:
-            return verdict, False
+            return snap, verdict, False
         deadline = time.monotonic() + SETTLE_SECONDS
         while time.monotonic() < deadline and not self.stop.wait(SETTLE_STEP):
-            verdict = self._judge()
+            snap, verdict = self._judge()
             if verdict.valid or verdict.digest == self.state.rejected_digest:
-                return verdict, False
+                return snap, verdict, False
         new = verdict.digest != self.state.rejected_digest
         self.state.rejected_digest = verdict.digest
-        return verdict, new
+        return snap, verdict, new
 
     def cycle(self, trigger: str) -> CycleResult:
         started = time.monotonic()
@@ -147,7 +167,7 @@ class Reconciler:
         return dataclasses.replace(result, duration=time.monotonic() - started)
 
     def _cycle(self, trigger: str) -> CycleResult:
-        verdict, new_rejection = self._settled_verdict()
+        snap, verdict, new_rejection = self._settled_verdict()
         if not verdict.valid:
             return CycleResult(
                 trigger,
@@ -155,8 +175,42 @@ class Reconciler:
                 verdict,
                 new_rejection=new_rejection,
                 served_info=self._served_info() if trigger != "watch" else None,
+                installed=self._installed(verdict.digest),
             )
         self.state.rejected_digest = None
+        if self.settings.install_dir is not None:
+            from certreload.install import InstallError, install
+
+            if not self._installed(verdict.digest):
+                try:
+                    install(self.settings.install_dir, snap)
+                except InstallError as exc:
+                    return CycleResult(trigger, Outcome.INSTALL_FAILED, verdict, error=str(exc))
+        previous_ca = self.state.applied_ca
+        result = self._server(trigger, verdict)
+        result = dataclasses.replace(result, installed=self._installed(verdict.digest))
+        if self.settings.pgbouncer_addr is not None and self.settings.pgbouncer_dsn:
+            outcome, error = self._pgbouncer(verdict, trigger)
+            result = dataclasses.replace(result, pgbouncer=outcome, pgbouncer_error=error)
+        if result.outcome in (Outcome.RELOADED, Outcome.RELOADED_UNCONFIRMED, Outcome.UNCHANGED):
+            ca_data = snap.ca.data if snap.ca is not None else None
+            if result.outcome is not Outcome.UNCHANGED and previous_ca is not None:
+                result = dataclasses.replace(
+                    result, ca_rotation=ca_rotation_warning(snap, previous_ca)
+                )
+            self.state.applied_ca = ca_data
+        if result.outcome is Outcome.RELOADED and result.exit_code == 0:
+            result = dataclasses.replace(result, hook_error=self._on_change(verdict))
+        return result
+
+    def _installed(self, digest: str) -> bool:
+        from certreload.install import installed_digest
+
+        folder = self.settings.install_dir
+        return folder is not None and installed_digest(folder) == digest
+
+    def _server(self, trigger: str, verdict: Verdict) -> CycleResult:
+        """Make the server present the valid set: probe, reload and confirm as needed."""
         assert verdict.leaf is not None
         wanted = verdict.leaf.fingerprint_sha256
         address = self.settings.server_addr
@@ -177,6 +231,80 @@ class Reconciler:
                     trigger, Outcome.UNCHANGED, verdict, before, before, served_info=verdict.leaf
                 )
         return self._reload(trigger, verdict, before)
+
+    def _pgbouncer(self, verdict: Verdict, trigger: str) -> tuple[Outcome, str | None]:
+        """The same for PgBouncer: RELOAD on its admin console, confirmed by what it presents."""
+        from certreload import pg
+
+        address, dsn = self.settings.pgbouncer_addr, self.settings.pgbouncer_dsn
+        assert address is not None
+        assert dsn is not None
+        assert verdict.leaf is not None
+        wanted = verdict.leaf.fingerprint_sha256
+        try:
+            if read_served(address).fingerprint_sha256 == wanted:
+                return Outcome.UNCHANGED, None
+        except ServedError as exc:
+            return Outcome.UNREACHABLE, f"PgBouncer: {exc}"
+        try:
+            pg.pgbouncer_reload(dsn)
+        except pg.PgError as exc:
+            outcome = Outcome.NOT_PERMITTED if exc.kind == "permission" else Outcome.UNREACHABLE
+            return outcome, f"PgBouncer RELOAD failed: {exc}"
+        deadline = time.monotonic() + CONFIRM_SECONDS
+        after = None
+        while not self.stop.is_set():
+            try:
+                after = read_served(address).fingerprint_sha256
+            except ServedError:
+                after = None
+            if after == wanted:
+                return Outcome.RELOADED, None
+            if time.monotonic() >= deadline or self.stop.wait(CONFIRM_STEP):
+                break
+        return Outcome.RELOAD_FAILED, (
+            f"after RELOAD PgBouncer at {address} still presents "
+            f"{'sha256 ' + after[:16] + '…' if after else 'nothing readable'}: check that "
+            "client_tls_cert_file and client_tls_key_file in pgbouncer.ini name the files "
+            "certreload checks (or its --install-dir)"
+        )
+
+    def _on_change(self, verdict: Verdict) -> str | None:
+        """Run --on-change once per applied set; return its failure, if any."""
+        command = self.settings.on_change
+        if not command or verdict.digest == self.state.hooked_digest or verdict.leaf is None:
+            return None
+        self.state.hooked_digest = verdict.digest
+        leaf = verdict.leaf
+        env = {
+            **os.environ,
+            "CERTRELOAD_FINGERPRINT_SHA256": leaf.fingerprint_sha256,
+            "CERTRELOAD_NOT_AFTER": leaf.not_after.isoformat(),
+            "CERTRELOAD_SUBJECT": leaf.subject,
+            "CERTRELOAD_SERIAL": leaf.serial,
+            "CERTRELOAD_CERT": str(self.settings.install_dir / "tls.crt")
+            if self.settings.install_dir
+            else str(self.settings.cert),
+        }
+        env.pop("CERTRELOAD_DSN", None)
+        env.pop("CERTRELOAD_PGBOUNCER_DSN", None)
+        try:
+            done = subprocess.run(
+                ["/bin/sh", "-c", command],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=self.settings.on_change_timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return f"--on-change did not finish in {self.settings.on_change_timeout:g} s; killed"
+        except OSError as exc:
+            return f"--on-change could not be started: {exc.strerror}"
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip()[-300:]
+            return f"--on-change exited {done.returncode}: {tail}"
+        return None
 
     def _served_info(self) -> CertInfo | None:
         """What the server presents, for the metrics; None when it cannot be read."""
@@ -256,9 +384,10 @@ class Reconciler:
 
         served = f"sha256 {after[:16]}…" if after else "no certificate it could be read"
         causes = []
+        folder = self.settings.install_dir
         for setting, ours in (
-            (facts.ssl_cert_file, self.settings.cert),
-            (facts.ssl_key_file, self.settings.key),
+            (facts.ssl_cert_file, folder / "tls.crt" if folder else self.settings.cert),
+            (facts.ssl_key_file, folder / "tls.key" if folder else self.settings.key),
         ):
             if (
                 setting
@@ -287,6 +416,28 @@ class Reconciler:
             f"after pg_reload_conf() the server still presents {served}, not the files' "
             "certificate; likely: " + "; ".join(causes)
         )
+
+
+def ca_rotation_warning(snap: Snapshot, previous_ca: bytes | None) -> str | None:
+    """Say so when the new leaf does not chain to the CA bundle clients were given before."""
+    from certreload.pem import UnreadableError, chain_path, parse_certs
+
+    if previous_ca is None or snap.cert.data is None:
+        return None
+    try:
+        certs = parse_certs(snap.cert.data)
+        trusted = parse_certs(previous_ca)
+    except UnreadableError:
+        return None
+    _, complete = chain_path(certs[0], certs[1:], trusted, datetime.now(UTC))
+    if complete:
+        return None
+    return (
+        f"the new certificate's issuer '{certs[0].info.issuer}' is not in the CA bundle that "
+        "clients were given until now: clients still holding the previous ca.crt will refuse "
+        "the server. Safe order: give clients a ca.crt holding both CAs first, then switch "
+        "the leaf"
+    )
 
 
 def _pg_failure(trigger: str, verdict: Verdict, exc: Any, before: str | None) -> CycleResult:
@@ -324,6 +475,12 @@ def log_result(log: Any, result: CycleResult, settings: Settings) -> None:
         fields["served_after_sha256"] = result.served_after
     if result.error:
         fields["error"] = result.error
+    if result.pgbouncer is not None:
+        fields["pgbouncer_outcome"] = str(result.pgbouncer)
+    if result.pgbouncer_error:
+        fields["pgbouncer_error"] = result.pgbouncer_error
+    if settings.install_dir is not None:
+        fields["installed"] = result.installed
     if result.outcome is Outcome.REJECTED:
         fields["problems"] = [str(p) for p in verdict.problems]
         if result.new_rejection:
@@ -335,10 +492,16 @@ def log_result(log: Any, result: CycleResult, settings: Settings) -> None:
         else:
             log.debug("cycle", **fields)
         return
+    if result.ca_rotation:
+        log.warning("CA rotation hazard", problem=result.ca_rotation)
+    if result.hook_error:
+        log.error("--on-change failed; nothing is undone", error=result.hook_error)
     for warning in verdict.warnings:
         if warning.code == "expiring" and result.trigger in ("start", "timer"):
             log.warning("certificate expiring", problem=str(warning))
-    if result.outcome in (Outcome.UNCHANGED,):
+    if result.outcome is Outcome.UNCHANGED and result.pgbouncer is Outcome.RELOADED:
+        log.info("PgBouncer reloaded", **fields)
+    elif result.outcome is Outcome.UNCHANGED:
         if result.trigger in ("start", "signal"):
             log.info("server presents the files' certificate", **fields)
         else:
@@ -347,6 +510,8 @@ def log_result(log: Any, result: CycleResult, settings: Settings) -> None:
         log.info("certificate reloaded", **fields)
     else:
         log.error("cycle failed", **fields)
+    if result.pgbouncer not in (None, Outcome.UNCHANGED, Outcome.RELOADED):
+        log.error("PgBouncer not updated", **fields)
 
 
 class Daemon:
@@ -420,7 +585,7 @@ class Daemon:
     def run_once(self) -> int:
         result = self.reconciler.cycle("start")
         self._tell(result)
-        return EXIT_CODES[result.outcome]
+        return result.exit_code
 
     def _tell(self, result: CycleResult) -> None:
         log_result(self.log, result, self.settings)
@@ -487,6 +652,11 @@ def main(settings: Settings) -> int:
             "--server-addr none: reloads cannot be confirmed; certreload reloads once at start "
             "and whenever the valid content changes"
         )
+    from certreload.mounts import diagnose
+
+    for finding in diagnose([settings.cert, settings.key, *([settings.ca] if settings.ca else [])]):
+        level = log.warning if finding.code == "subpath-mount" else log.info
+        level("mount diagnostic", code=finding.code, problem=str(finding))
     daemon = Daemon(settings, Notifier())
     if settings.mode == "once":
         return daemon.run_once()
@@ -494,7 +664,7 @@ def main(settings: Settings) -> int:
     if settings.listen is not None:
         from certreload.metrics import Metrics, serve
 
-        metrics = Metrics(settings.interval)
+        metrics = Metrics(settings.interval, install_mode=settings.install_dir is not None)
         daemon.listeners.append(metrics.observe)
         daemon.on_watch_event = metrics.watch_events.inc
         try:

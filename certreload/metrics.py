@@ -43,7 +43,14 @@ HEALTH_MARGIN = 60.0  # seconds beyond twice the interval before /healthz says t
 class Metrics:
     """Every metric certreload exports, in a registry of its own."""
 
-    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        install_mode: bool = False,
+    ) -> None:
+        self.install_mode = install_mode
         disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: noise here
         self.registry = CollectorRegistry()
         r = self.registry
@@ -91,6 +98,17 @@ class Metrics:
         self.watch_events = Counter(
             "certreload_watch_events", "file events received (each only a hint)", registry=r
         )
+        self.pgbouncer_matches = Gauge(
+            "certreload_pgbouncer_served_matches_files",
+            "1 when PgBouncer presents the valid files' certificate, else 0 (with --pgbouncer-*)",
+            registry=r,
+        )
+        self.ca_trusted = Gauge(
+            "certreload_leaf_trusted_by_previous_ca_bundle",
+            "0 after a change whose leaf the previously given ca.crt does not trust, else 1",
+            registry=r,
+        )
+        self.ca_trusted.set(1)
         Info("certreload", "certreload's version", registry=r).info({"version": __version__})
         for trigger in TRIGGERS:
             self.checks.labels(trigger)
@@ -136,7 +154,12 @@ class Metrics:
             self.served_matches.set(1 if matches else 0)
         elif result.outcome is Outcome.UNREACHABLE:
             self.served_matches.set(0)
-        self.health.cycle_done()
+        if result.pgbouncer is not None:
+            ok = result.pgbouncer in (Outcome.UNCHANGED, Outcome.RELOADED)
+            self.pgbouncer_matches.set(1 if ok else 0)
+        if result.outcome in (Outcome.RELOADED, Outcome.RELOADED_UNCONFIRMED):
+            self.ca_trusted.set(0 if result.ca_rotation else 1)
+        self.health.cycle_done(ready=result.installed or not self.install_mode)
 
 
 class Health:
@@ -147,15 +170,18 @@ class Health:
         self._limit = 2 * interval + HEALTH_MARGIN
         self._started = clock()
         self._last: float | None = None
+        self._ready = False
         self._lock = threading.Lock()
 
-    def cycle_done(self) -> None:
+    def cycle_done(self, *, ready: bool = True) -> None:
+        """A cycle finished; ``ready`` False holds /readyz (install mode: nothing installed)."""
         with self._lock:
             self._last = self._clock()
+            self._ready = self._ready or ready
 
     @property
     def ready(self) -> bool:
-        return self._last is not None
+        return self._ready
 
     @property
     def alive(self) -> bool:

@@ -107,3 +107,16 @@ def conf_load_time(dsn: str | None) -> datetime:
     assert row is not None
     value: datetime = row[0]
     return value
+
+
+def pgbouncer_reload(dsn: str) -> None:
+    """``RELOAD`` on PgBouncer's admin console (simple query protocol, as it requires)."""
+    try:
+        with psycopg.connect(_conninfo(dsn), autocommit=True) as conn:
+            result = conn.pgconn.exec_(b"RELOAD")
+            if result.status != psycopg.pq.ExecStatus.COMMAND_OK:
+                message = (result.error_message or b"").decode("utf-8", "replace")
+                kind: Kind = "permission" if "admin" in message or "denied" in message else "other"
+                raise PgError(kind, _scrub(f"PgBouncer refused RELOAD: {message}", dsn))
+    except psycopg.Error as exc:
+        raise _classify(exc, dsn) from None

@@ -77,6 +77,11 @@ class Settings:
     json: bool = False
     listen: Address | None = None
     config: Path | None = None
+    install_dir: Path | None = None
+    pgbouncer_dsn: str | None = field(default=None, repr=False)
+    pgbouncer_addr: Address | None = None
+    on_change: str | None = None
+    on_change_timeout: float = 60.0
 
     @property
     def watched_dirs(self) -> tuple[Path, ...]:
@@ -207,6 +212,11 @@ OPTIONS: tuple[Option, ...] = (
         "interval", _positive_number, "seconds between periodic checks (default 300)", "SECONDS"
     ),
     Option("listen", _text, "serve /metrics, /healthz and /readyz on HOST:PORT", "HOST:PORT"),
+    Option("install_dir", _text, "install each valid set here (key 0600) for the server", "DIR"),
+    Option("pgbouncer_dsn", _text, "PgBouncer admin console conninfo: RELOAD it too", "CONNINFO"),
+    Option("pgbouncer_addr", _text, "where PgBouncer presents its certificate", "HOST:PORT"),
+    Option("on_change", _text, "command run (by /bin/sh) after a change is confirmed", "CMD"),
+    Option("on_change_timeout", _positive_number, "seconds --on-change may run (60)", "SECONDS"),
     Option("check", bool, "check once, print a Nagios-style status line, never reload"),
     Option("once", bool, "run one reconcile pass and exit"),
     Option("json", bool, "with --check: print the whole report as one JSON document"),
@@ -361,12 +371,10 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Setti
     else:
         server_addr = Address("127.0.0.1", _default_port(values.get("dsn"), env))
 
-    listen: Address | None = None
-    if "listen" in values:
-        try:
-            listen = parse_address(values["listen"])
-        except ValueError as exc:
-            problems.append(f"--listen: {exc}")
+    listen = _address_option(values, "listen", problems)
+    pgbouncer_addr = _address_option(values, "pgbouncer_addr", problems)
+    if values.get("pgbouncer_dsn") and pgbouncer_addr is None:
+        problems.append("--pgbouncer-dsn needs --pgbouncer-addr (where PgBouncer presents TLS)")
 
     try:
         pg_user = _pg_user(values.get("pg_user"))
@@ -399,7 +407,22 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Setti
         json=bool(values.get("json")),
         listen=listen,
         config=Path(values["config"]) if "config" in values else None,
+        install_dir=Path(values["install_dir"]) if "install_dir" in values else None,
+        pgbouncer_dsn=values.get("pgbouncer_dsn"),
+        pgbouncer_addr=pgbouncer_addr,
+        on_change=values.get("on_change"),
+        on_change_timeout=values.get("on_change_timeout", 60.0),
     )
+
+
+def _address_option(values: dict[str, Any], name: str, problems: list[str]) -> Address | None:
+    if name not in values:
+        return None
+    try:
+        return parse_address(values[name])
+    except ValueError as exc:
+        problems.append(f"--{name.replace('_', '-')}: {exc}")
+        return None
 
 
 def _check_name(name: str, problems: list[str]) -> None:

@@ -36,6 +36,7 @@ class Policy:
     pg_user: str
     pg_gids: frozenset[int] = frozenset()
     expiry_warning: timedelta = timedelta(days=14)
+    key_rule: bool = True  # False in install mode: the installed copy is what the server reads
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def _file_problems(snapshot: Snapshot, policy: Policy) -> list[Problem]:
             if "permission" in item.error:
                 fix = f"let the user running certreload read it (it runs as uid {policy.pg_uid})"
             problems.append(_problem(item, "unreadable", item.error, fix))
-        elif not _readable_by(item, policy):
+        elif policy.key_rule and not _readable_by(item, policy):
             problems.append(
                 _problem(
                     item,
@@ -157,7 +158,7 @@ def _file_problems(snapshot: Snapshot, policy: Policy) -> list[Problem]:
                     "give the server's user read access (owner, or group via fsGroup)",
                 )
             )
-    if snapshot.key.data is not None:
+    if snapshot.key.data is not None and policy.key_rule:
         rule = _key_rule(snapshot.key, policy)
         if rule is not None:
             problems.append(rule)
