@@ -6,8 +6,8 @@ code 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.  ``evaluate`` is pure; ``run`` does
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any
