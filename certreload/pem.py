@@ -26,6 +26,10 @@ _END = re.compile(rb"-----END ([A-Z0-9 ]+)-----")
 _CERT_LABELS = {b"CERTIFICATE", b"TRUSTED CERTIFICATE", b"X509 CERTIFICATE"}
 
 
+# what cryptography raises for damaged certificates (some only when a field is first read)
+_PARSE_ERRORS = (ValueError, UnsupportedAlgorithm, x509.InvalidVersion)
+
+
 class UnreadableError(Exception):
     """The file's content is not what it must be; the message says what it is instead."""
 
@@ -125,7 +129,7 @@ def describe_der(der: bytes) -> CertInfo | None:
     """The facts of a DER certificate (as a server presents it); None if it cannot be parsed."""
     try:
         return describe(x509.load_der_x509_certificate(der)).info
-    except ValueError:
+    except _PARSE_ERRORS:
         return None
 
 
@@ -140,10 +144,10 @@ def parse_certs(data: bytes) -> list[ParsedCert]:
         found = ", ".join(sorted({b.decode() for b in begins}))
         raise UnreadableError(f"holds no certificate, only PEM blocks of type {found}")
     try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
+        # cryptography parses fields lazily: a damaged name or date fails in describe()
+        return [describe(cert) for cert in x509.load_pem_x509_certificates(data)]
+    except _PARSE_ERRORS as exc:
         raise UnreadableError(f"holds a certificate that cannot be parsed ({exc})") from None
-    return [describe(cert) for cert in certs]
 
 
 def parse_key(data: bytes) -> types.PrivateKeyTypes:

@@ -13,6 +13,8 @@ import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from cryptography.exceptions import UnsupportedAlgorithm
+
 from certreload import judge as openssl
 from certreload.names import host_matches
 from certreload.pem import (
@@ -218,7 +220,7 @@ def _parse_files(j: _Judgement) -> None:
     if private_key is not None and j.certs:
         try:
             matches = public_der(private_key) == public_der(j.certs[0].cert.public_key())
-        except ValueError:
+        except (ValueError, TypeError, UnsupportedAlgorithm):
             matches = True  # an unusual key kind: let OpenSSL judge the pair
         if not matches:
             j.add(
