@@ -19,7 +19,7 @@ from typing import Literal
 Role = Literal["cert", "key", "ca"]
 ROLES: tuple[Role, ...] = ("cert", "key", "ca")
 MAX_FILE_BYTES = 1024 * 1024
-_ATTEMPTS = 5
+_ATTEMPTS = 20
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class Snapshot:
     key: FileRead
     ca: FileRead | None
     digest: str  # sha256 over the roles and contents: changes when any content changes
+    consistent: bool = True  # False: the files kept changing while read (see read())
 
     @property
     def files(self) -> tuple[FileRead, ...]:
@@ -123,15 +124,23 @@ def digest_of(files: tuple[FileRead, ...]) -> str:
 
 
 def read(cert: Path, key: Path, ca: Path | None) -> Snapshot:
-    """Read one consistent generation of the set (see the module docstring)."""
+    """Read one consistent generation of the set (see the module docstring).
+
+    When the paths resolve differently after every one of _ATTEMPTS reads (the files are
+    being swapped without pause), the snapshot says so: ``consistent`` is False and the
+    verdict refuses it, rather than judge a set that may pair files of two generations.
+    """
     paths: list[tuple[Role, Path]] = [("cert", cert), ("key", key)]
     if ca is not None:
         paths.append(("ca", ca))
     reads: list[FileRead] = []
+    consistent = False
     for _ in range(_ATTEMPTS):
         reads = [_read_one(role, path) for role, path in paths]
         if all(_resolve(r.path) == r.resolved for r in reads):
+            consistent = True
             break
     by_role = {r.role: r for r in reads}
     files = tuple(reads)
-    return Snapshot(by_role["cert"], by_role["key"], by_role.get("ca"), digest_of(files))
+    digest = digest_of(files)
+    return Snapshot(by_role["cert"], by_role["key"], by_role.get("ca"), digest, consistent)

@@ -380,6 +380,16 @@ def _is_ip(name: str) -> bool:
 def judge(snapshot: Snapshot, policy: Policy, now: datetime) -> Verdict:
     """Judge one snapshot; see the module docstring."""
     j = _Judgement(snapshot, policy, now)
+    if not snapshot.consistent:
+        j.problems.append(
+            Problem(
+                "",
+                "unsettled",
+                "the files kept changing while they were "
+                "read: no consistent generation could be read",
+                "nothing to do if a writer is busy: certreload reads them again",
+            )
+        )
     j.problems.extend(_file_problems(snapshot, policy))
     j.explained.update(p_role for p_role in _roles_with_errors(snapshot))
     _parse_files(j)
