@@ -12,8 +12,10 @@ rejected (nothing reloaded); 3 the server could not be reached or reloaded.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import queue
 import signal
 import subprocess
 import threading
@@ -54,6 +56,7 @@ class Outcome(StrEnum):
     UNREACHABLE = "unreachable"  # the server could not be read, connected to or logged into
     NOT_PERMITTED = "not_permitted"  # the role may not call pg_reload_conf()
     INSTALL_FAILED = "install_failed"  # --install-dir: the set could not be installed
+    SUPERSEDED = "superseded"  # the files changed again while the reload was confirmed
 
 
 EXIT_CODES = {
@@ -65,6 +68,7 @@ EXIT_CODES = {
     Outcome.UNREACHABLE: 3,
     Outcome.NOT_PERMITTED: 3,
     Outcome.INSTALL_FAILED: 3,
+    Outcome.SUPERSEDED: 1,
 }
 
 
@@ -137,6 +141,17 @@ class Reconciler:
     stop: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     state: _State = field(default_factory=_State)
+    # Set by a signal handler, which must not take locks (Event.set does): a plain flag,
+    # seen by the waits below within one step.
+    halt: bool = False
+
+    def halted(self) -> bool:
+        """Was a stop asked for (by another thread or a signal)?"""
+        return self.halt or self.stop.is_set()
+
+    def _nap(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True when a stop was asked for."""
+        return self.stop.wait(seconds) or self.halt
 
     def _judge(self) -> tuple[Snapshot, Verdict]:
         s = self.settings
@@ -153,7 +168,7 @@ class Reconciler:
         if verdict.valid or verdict.digest == self.state.rejected_digest:
             return snap, verdict, False
         deadline = time.monotonic() + SETTLE_SECONDS
-        while time.monotonic() < deadline and not self.stop.wait(SETTLE_STEP):
+        while time.monotonic() < deadline and not self._nap(SETTLE_STEP):
             snap, verdict = self._judge()
             if verdict.valid or verdict.digest == self.state.rejected_digest:
                 return snap, verdict, False
@@ -253,14 +268,14 @@ class Reconciler:
             return outcome, f"PgBouncer RELOAD failed: {exc}"
         deadline = time.monotonic() + CONFIRM_SECONDS
         after = None
-        while not self.stop.is_set():
+        while not self.halted():
             try:
                 after = read_served(address).fingerprint_sha256
             except ServedError:
                 after = None
             if after == wanted:
                 return Outcome.RELOADED, None
-            if time.monotonic() >= deadline or self.stop.wait(CONFIRM_STEP):
+            if time.monotonic() >= deadline or self._nap(CONFIRM_STEP):
                 break
         return Outcome.RELOAD_FAILED, (
             f"after RELOAD PgBouncer at {address} still presents "
@@ -339,7 +354,7 @@ class Reconciler:
             )
         deadline = time.monotonic() + CONFIRM_SECONDS
         served: Served | None = None
-        while not self.stop.is_set():
+        while not self.halted():
             try:
                 served = read_served(address)
             except ServedError:
@@ -357,7 +372,14 @@ class Reconciler:
                     reload_attempted=True,
                     served_info=verdict.leaf,
                 )
-            if time.monotonic() >= deadline or self.stop.wait(CONFIRM_STEP):
+            if self._files_changed(verdict.digest):
+                # The server read the files after they changed again: it may present a newer
+                # set, never this one.  Not a failure; the next cycle takes the new set.
+                self.state.served = after
+                return CycleResult(
+                    trigger, Outcome.SUPERSEDED, verdict, before, after, reload_attempted=True
+                )
+            if time.monotonic() >= deadline or self._nap(CONFIRM_STEP):
                 break
         after = self.state.served = served.fingerprint_sha256 if served else None
         return CycleResult(
@@ -370,6 +392,13 @@ class Reconciler:
             reload_attempted=True,
             served_info=describe_der(served.der) if served else None,
         )
+
+    def _files_changed(self, digest: str) -> bool:
+        """Does the set in the files differ from the one with ``digest``?"""
+        if self.settings.install_dir is not None:
+            return False  # the server reads the installed copy, which only we change
+        s = self.settings
+        return snapshot.read(s.cert, s.key, s.ca).digest != digest
 
     def _processed(self, facts: Any) -> bool:
         from certreload import pg
@@ -508,6 +537,8 @@ def log_result(log: Any, result: CycleResult, settings: Settings) -> None:
             log.debug("cycle", **fields)
     elif result.outcome in (Outcome.RELOADED, Outcome.RELOADED_UNCONFIRMED):
         log.info("certificate reloaded", **fields)
+    elif result.outcome is Outcome.SUPERSEDED:
+        log.info("files changed again during the reload; taking the newer set", **fields)
     else:
         log.error("cycle failed", **fields)
     if result.pgbouncer not in (None, Outcome.UNCHANGED, Outcome.RELOADED):
@@ -521,51 +552,59 @@ class Daemon:
         self.settings = settings
         self.reconciler = Reconciler(settings)
         self.notifier = notifier or Notifier({})
-        self._wake = threading.Event()
-        self._lock = threading.Lock()
-        self._pending: str | None = None
+        # Triggers from the watch thread and from signal handlers.  SimpleQueue.put is
+        # reentrant, so a signal handler may call it whatever the main thread holds.
+        self._triggers: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.log = logs.get()
         self.listeners: list[Callable[[CycleResult], None]] = []
         self.on_watch_event: Callable[[], None] = lambda: None
 
     @property
     def stopping(self) -> bool:
-        return self.reconciler.stop.is_set()
+        return self.reconciler.halted()
 
     def poke(self, trigger: str) -> None:
-        """Ask for a cycle as soon as possible (thread- and signal-safe)."""
-        with self._lock:
-            if self._pending != "signal":
-                self._pending = trigger
-            self._wake.set()
+        """Ask for a cycle as soon as possible (safe from threads and signal handlers)."""
+        self._triggers.put(trigger)
 
     def _watch_event(self) -> None:
         self.on_watch_event()
         self.poke("watch")
 
     def request_stop(self) -> None:
-        self.reconciler.stop.set()
-        self._wake.set()
+        """Stop after (or during) the current cycle; safe from signal handlers."""
+        self.reconciler.halt = True
+        self._triggers.put("stop")
 
     def _next_trigger(self, timeout: float) -> str | None:
-        """Sleep until woken or ``timeout``; ping systemd's watchdog meanwhile."""
+        """Sleep until a trigger arrives or ``timeout``; ping systemd's watchdog meanwhile.
+
+        Triggers that piled up are taken together: a signal outranks a file event, which
+        outranks the timer; any number of them makes one cycle.
+        """
         ping = self.notifier.watchdog_interval
         deadline = time.monotonic() + timeout
-        while True:
+        got: set[str] = set()
+        while not got:
             left = deadline - time.monotonic()
-            woken = self._wake.wait(max(0.0, min(left, ping) if ping else left))
+            with contextlib.suppress(queue.Empty):
+                got.add(self._triggers.get(timeout=max(0.0, min(left, ping) if ping else left)))
             if ping:
                 self.notifier.watchdog()
-            if woken or time.monotonic() >= deadline:
+            if time.monotonic() >= deadline:
                 break
-        with self._lock:
-            self._wake.clear()
-            trigger, self._pending = self._pending, None
-        if self.stopping:
+        while True:
+            try:
+                got.add(self._triggers.get_nowait())
+            except queue.Empty:
+                break
+        if "stop" in got or self.stopping:
             return None
-        return trigger or "timer"
+        return next((t for t in ("signal", "watch") if t in got), "timer")
 
     def _delay(self, result: CycleResult, failures: int) -> float:
+        if result.outcome is Outcome.SUPERSEDED:
+            return 0.0  # take the newer set at once
         if result.outcome is Outcome.UNREACHABLE:
             backoff = BACKOFF_FIRST * 2 ** max(failures - 1, 0)
             return float(min(backoff, BACKOFF_CAP, self.settings.interval))
@@ -584,6 +623,11 @@ class Daemon:
 
     def run_once(self) -> int:
         result = self.reconciler.cycle("start")
+        for _ in range(3):  # the files changed during the pass: take the newer set
+            if result.outcome is not Outcome.SUPERSEDED:
+                break
+            self._tell(result)
+            result = self.reconciler.cycle("start")
         self._tell(result)
         return result.exit_code
 

@@ -142,6 +142,8 @@ class Metrics:
             self._set_cert("served", result.served_info)
         if result.reload_attempted:
             self.reloads.inc()
+        if result.reload_attempted and result.outcome is not Outcome.SUPERSEDED:
+            # superseded: the files changed again mid-reload; neither success nor failure
             ok = result.outcome in (Outcome.RELOADED, Outcome.RELOADED_UNCONFIRMED)
             self.last_reload_ok.set(1 if ok else 0)
             if ok:
