@@ -133,11 +133,16 @@ def test_sighup_storm_reloads_nothing_and_loses_nothing(rig: Rig) -> None:
 def test_each_rotation_is_reloaded_once(rig: Rig) -> None:
     """N rotations, one after another: exactly N reloads (no set reloaded twice)."""
     for count in range(1, 6):
-        leaf = rig.publish()
-        eventually(
-            lambda leaf=leaf: rig.server.served_fingerprint() == leaf.fingerprint_sha256, "served"
-        )
-        eventually(lambda count=count: rig.metric("certreload_reloads_total") == count, "counted")
+        wanted = rig.publish().fingerprint_sha256
+
+        def served(wanted: str = wanted) -> bool:
+            return rig.server.served_fingerprint() == wanted
+
+        def counted(count: int = count) -> bool:
+            return rig.metric("certreload_reloads_total") == count
+
+        eventually(served, "served")
+        eventually(counted, "counted")
     time.sleep(0.5)
     assert rig.metric("certreload_reloads_total") == 5
     assert rig.metric("certreload_reloads_failed_total") == 0
