@@ -101,3 +101,86 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for flag in ("--dir", "--cert", "--key", "--ca", "--san", "--server-addr", "--check"):
         assert flag in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "words"),
+    [
+        (["--interval", "soon"], {}, "--interval: must be a number of seconds"),
+        (["--interval", "inf"], {}, "greater than 0"),
+        (["--expiry-warning", "-3"], {}, "0 or more days"),
+        (["--expiry-warning", "x"], {}, "whole number of days"),
+        (["--log-format", "xml"], {}, "must be one of json, console, auto"),
+        (["--san", "a b"], {}, "is not a host name"),
+        (["--san", "a..b"], {}, "not a valid host name"),
+        (["--server-addr", "db:99999"], {}, "outside 1-65535"),
+        (["--server-addr", "db:http"], {}, "is not a number"),
+        (["--listen", "9814"], {}, "--listen: must be HOST:PORT"),
+        (["--pg-user", "no-such-user-here"], {}, "no OS user named"),
+        (["--check", "--once"], {}, "exclude each other"),
+        (["--json"], {}, "--json goes with --check"),
+        (["--pgbouncer-dsn", "dbname=pgbouncer"], {}, "needs --pgbouncer-addr"),
+        ([], {"CERTRELOAD_INTERVAL": "0"}, "environment CERTRELOAD_INTERVAL"),
+        (["--on-change-timeout", "0"], {}, "greater than 0"),
+    ],
+)
+def test_bad_values_are_named(argv: list[str], env: dict[str, str], words: str) -> None:
+    """Each bad value is refused, saying where it came from; the same with a good value passes."""
+    with pytest.raises(ConfigError) as caught:
+        load(["--dir", "/d", *argv], env)
+    assert words in " | ".join(caught.value.problems)
+
+
+def test_good_values_of_every_kind_pass() -> None:
+    """The control for the table above."""
+    s = load(
+        ["--dir", "/d", "--interval", "2.5", "--expiry-warning", "0", "--log-format", "JSON",
+         "--san", "db.example.com", "--server-addr", "db:6432", "--listen", "0.0.0.0:9814",
+         "--pg-user", "root", "--pgbouncer-dsn", "dbname=pgbouncer", "--pgbouncer-addr",
+         "127.0.0.1:6432", "--install-dir", "/run/tls", "--on-change", "true"],
+        {},
+    )  # fmt: skip
+    assert s.interval == 2.5
+    assert s.log_format == "json"
+    assert s.pg_user.uid == 0
+    assert str(s.listen) == "0.0.0.0:9814"
+    assert s.install_dir == Path("/run/tls")
+    assert "dbname" not in repr(s)  # DSNs may hold passwords: never in a repr
+
+
+def test_config_file_errors_name_the_file(tmp_path: Path) -> None:
+    """A missing file, bad TOML and a bad value in the file each name the file."""
+    with pytest.raises(ConfigError, match="cannot read it"):
+        load(["--config", str(tmp_path / "none.toml")], {})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("dir = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(["--config", str(bad)], {})
+    bad.write_text('dir = "/d"\ninterval = "soon"\n')
+    with pytest.raises(ConfigError, match=r"key 'interval'"):
+        load(["--config", str(bad)], {})
+
+
+def test_check_gives_the_same_verdict_from_toml_as_from_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--check --config F agrees with the same flags; an unknown key exits 3 naming it."""
+    from tests.support import certs
+
+    ca = certs.make_root_ca()
+    leaf = certs.make_leaf(ca, dns_sans=["db.example.com"])
+    (tmp_path / "tls.crt").write_bytes(leaf.cert_pem)
+    (tmp_path / "tls.key").write_bytes(leaf.key_pem)
+    (tmp_path / "tls.key").chmod(0o600)
+    (tmp_path / "ca.crt").write_bytes(ca.cert_pem)
+    config = tmp_path / "c.toml"
+    for san, code in (("db.example.com", 0), ("other.example.com", 2)):
+        config.write_text(f'dir = "{tmp_path}"\nsan = ["{san}"]\nserver_addr = "none"\n')
+        assert main(["--check", "--config", str(config)]) == code
+        from_toml = capsys.readouterr().out.splitlines()[0]
+        flags = ["--check", "--dir", str(tmp_path), "--san", san, "--server-addr", "none"]
+        assert main(flags) == code
+        assert capsys.readouterr().out.splitlines()[0] == from_toml
+    config.write_text(f'dir = "{tmp_path}"\nsans = ["db.example.com"]\n')
+    assert main(["--check", "--config", str(config)]) == 3
+    assert "unknown key 'sans'" in capsys.readouterr().out
