@@ -708,7 +708,11 @@ def main(settings: Settings) -> int:
     if settings.listen is not None:
         from certreload.metrics import Metrics, serve
 
-        metrics = Metrics(settings.interval, install_mode=settings.install_dir is not None)
+        metrics = Metrics(
+            settings.interval,
+            install_mode=settings.install_dir is not None,
+            pgbouncer=settings.pgbouncer_addr is not None,
+        )
         daemon.listeners.append(metrics.observe)
         daemon.on_watch_event = metrics.watch_events.inc
         try:

@@ -49,6 +49,7 @@ class Metrics:
         clock: Callable[[], float] = time.monotonic,
         *,
         install_mode: bool = False,
+        pgbouncer: bool = False,
     ) -> None:
         self.install_mode = install_mode
         disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: noise here
@@ -98,10 +99,14 @@ class Metrics:
         self.watch_events = Counter(
             "certreload_watch_events", "file events received (each only a hint)", registry=r
         )
-        self.pgbouncer_matches = Gauge(
-            "certreload_pgbouncer_served_matches_files",
-            "1 when PgBouncer presents the valid files' certificate, else 0 (with --pgbouncer-*)",
-            registry=r,
+        self.pgbouncer_matches = (
+            Gauge(
+                "certreload_pgbouncer_served_matches_files",
+                "1 when PgBouncer presents the valid files' certificate, else 0",
+                registry=r,
+            )
+            if pgbouncer
+            else None
         )
         self.ca_trusted = Gauge(
             "certreload_leaf_trusted_by_previous_ca_bundle",
@@ -156,7 +161,7 @@ class Metrics:
             self.served_matches.set(1 if matches else 0)
         elif result.outcome is Outcome.UNREACHABLE:
             self.served_matches.set(0)
-        if result.pgbouncer is not None:
+        if result.pgbouncer is not None and self.pgbouncer_matches is not None:
             ok = result.pgbouncer in (Outcome.UNCHANGED, Outcome.RELOADED)
             self.pgbouncer_matches.set(1 if ok else 0)
         if result.outcome in (Outcome.RELOADED, Outcome.RELOADED_UNCONFIRMED):
