@@ -28,7 +28,11 @@ from functools import cache
 _NO_CHECK_TIME = 0x200000  # X509_V_FLAG_NO_CHECK_TIME
 _PG_CIPHERS = "HIGH:MEDIUM:+3DES:!aNULL"  # ssl_ciphers' default
 _PG_ECDH_CURVE = "prime256v1"  # ssl_ecdh_curve's default
-_KEY_CHECK_REASONS = frozenset({"KEY_VALUES_MISMATCH", "KEY_TYPE_MISMATCH", "UNKNOWN_KEY_TYPE"})
+# what SSL_CTX_check_private_key says when both files loaded but do not pair (a key of another
+# kind goes into another slot than the certificate: "no certificate assigned")
+_KEY_CHECK_REASONS = frozenset(
+    {"KEY_VALUES_MISMATCH", "KEY_TYPE_MISMATCH", "UNKNOWN_KEY_TYPE", "NO_CERTIFICATE_ASSIGNED"}
+)
 
 
 @dataclass(frozen=True)

@@ -286,3 +286,30 @@ def test_digest_follows_content(tmp_path: Path, ca: certs.Issued) -> None:
     assert verdict_of(folder).digest == first
     (folder / "ca.crt").write_bytes(certs.concat(ca.cert_pem, certs.make_root_ca().cert_pem))
     assert verdict_of(folder).digest != first
+
+
+@pytest.mark.parametrize(
+    ("variant", "words", "fix"),
+    [
+        ("rsa1024", "key too small", "RSA-2048"),
+        ("sha1", "digest too weak", "SHA-256"),
+    ],
+)
+def test_security_level_refusals_are_explained(
+    tmp_path: Path, ca: certs.Issued, variant: str, words: str, fix: str
+) -> None:
+    """OpenSSL's security level refuses weak leaves; the words say why and what to do."""
+    if variant == "rsa1024":
+        leaf = certs.make_leaf(ca, dns_sans=["db.example.com"], key_kind="rsa1024")
+    else:
+        leaf = certs.make_leaf(ca, dns_sans=["db.example.com"], hash_alg="sha1")
+    # the openssl-made SHA-1 leaf starts now: judge a minute later
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    v = verdict_of(
+        write_set(tmp_path / "weak", leaf.cert_pem, leaf.key_pem, ca.cert_pem), now=later
+    )
+    assert codes(v) == {"cert-refused"}
+    assert words in v.problems[0].message
+    assert fix in v.problems[0].fix
+    good = certs.make_leaf(ca, dns_sans=["db.example.com"], key_kind="rsa2048")
+    assert verdict_of(write_set(tmp_path / "good", good.cert_pem, good.key_pem, ca.cert_pem)).valid
