@@ -13,7 +13,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,21 +23,12 @@ from certreload.served import ServedError, read_served
 from certreload.settings import Address
 from tests.support import certs
 from tests.support.pgserver import free_port
+from tests.support.wait import eventually
 from tests.test_faults import Rig, events, make_rig
 from tests.test_metrics_notify import CERTRELOAD, as_postgres, get, value
 
 pytestmark = pytest.mark.pg
 WAIT = 30.0
-
-
-def eventually(condition: Callable[[], object], what: str) -> None:
-    """Poll until true (never a timing assertion)."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    pytest.fail(f"gave up waiting for {what}")
 
 
 def postgres_ids() -> tuple[int, int]:

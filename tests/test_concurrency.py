@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,20 +18,11 @@ import pytest
 from tests.support import certs
 from tests.support.kubelet import SecretVolume
 from tests.support.pgserver import PgServer, free_port, pg_binaries_missing, world_traversable_dir
+from tests.support.wait import eventually
 from tests.test_metrics_notify import CERTRELOAD, as_postgres, get, value
 
 pytestmark = pytest.mark.pg
 WAIT = 30.0
-
-
-def eventually(condition: Callable[[], object], what: str) -> None:
-    """Poll until true (never a timing assertion)."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    pytest.fail(f"gave up waiting for {what}")
 
 
 class Rig:

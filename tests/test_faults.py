@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,21 +20,12 @@ import pytest
 from tests.support import certs
 from tests.support.kubelet import SecretVolume
 from tests.support.pgserver import PgServer, pg_binaries_missing, world_traversable_dir
+from tests.support.wait import eventually
 from tests.test_metrics_notify import CERTRELOAD, as_postgres
 
 pytestmark = pytest.mark.pg
 WAIT = 30.0
 PASSWORD = "Sup3r-Secret-DSN-Pw"
-
-
-def eventually(condition: Callable[[], object], what: str) -> None:
-    """Poll until true (never a timing assertion)."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    pytest.fail(f"gave up waiting for {what}")
 
 
 def events(log: str) -> list[dict[str, object]]:

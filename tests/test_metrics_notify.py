@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,22 +26,12 @@ from certreload.notify import Notifier
 from tests.support import certs
 from tests.support.kubelet import SecretVolume
 from tests.support.pgserver import PgServer, free_port, pg_binaries_missing, world_traversable_dir
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.pg
 CERTRELOAD = str(Path(sys.prefix) / "bin" / "certreload")
 NAMES = ["cluster-1"]
 WAIT = 30.0
-
-
-def eventually(condition: Callable[[], object], what: str, timeout: float = WAIT) -> object:
-    """Poll until ``condition()`` is truthy; fail naming ``what``.  Not a timing assertion."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"gave up waiting for {what}")
 
 
 @dataclass
