@@ -15,7 +15,6 @@ in a venv of its own (benchmarks/.venv-check, made on the first run).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -27,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import as_server_user, report, server_gid  # noqa: E402
 from tests.support.certs import docs_openssl_set  # noqa: E402
 from tests.support.kubelet import SecretVolume  # noqa: E402
 from tests.support.pgserver import PgServer, world_traversable_dir  # noqa: E402
@@ -84,7 +84,7 @@ def main() -> int:
     try:
         docs = docs_openssl_set(work / "pki")
         volume = SecretVolume(work / "secret")
-        gid = os.stat("/var/lib/postgresql").st_gid if os.geteuid() == 0 else os.getegid()
+        gid = server_gid()
         volume.write(
             {"tls.crt": docs.cert.read_bytes(), "tls.key": docs.key.read_bytes(),
              "ca.crt": docs.ca_cert.read_bytes()},
@@ -96,8 +96,7 @@ def main() -> int:
         argv = [str(python), "-c", ENTRY, "--check", "--dir", str(secret),
                 *[a for n in NAMES for a in ("--san", n)],
                 "--server-addr", f"127.0.0.1:{server.port}"]  # fmt: skip
-        if os.geteuid() == 0:
-            argv = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", *argv]
+        argv = as_server_user(argv)
         assert run_once(argv)[2] == 0, "certreload --check did not say OK"
         for _ in range(3):  # warm the page cache
             run_once(argv)
@@ -116,10 +115,7 @@ def main() -> int:
         "peak_rss_mb": round(rss, 1),
         "exit_codes": sorted({r[2] for r in runs}),
     }
-    print(json.dumps(figures, indent=2))
-    out = ROOT / "benchmarks/results"
-    out.mkdir(exist_ok=True)
-    (out / "check.json").write_text(json.dumps(figures, indent=2) + "\n")
+    report(figures, "check")
     return 0
 
 

@@ -12,7 +12,6 @@ Then the daemon is left idle for 20 s: its CPU seconds (utime+stime from /proc) 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -26,6 +25,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import as_server_user, report, server_gid  # noqa: E402
 from benchmarks.soak import served, until  # noqa: E402
 from tests.support import certs  # noqa: E402
 from tests.support.kubelet import SecretVolume  # noqa: E402
@@ -65,11 +65,7 @@ def main() -> int:
     base = world_traversable_dir("certreload-latency-")
     volume = SecretVolume(base / "secret")
     ca = certs.make_root_ca()
-    gid = 0
-    if os.geteuid() == 0:
-        import pwd
-
-        gid = pwd.getpwnam("postgres").pw_gid
+    gid = server_gid()
 
     def publish() -> certs.Issued:
         leaf = certs.make_leaf(ca, cn="cluster-1", dns_sans=["cluster-1"])
@@ -98,9 +94,7 @@ def main() -> int:
         argv = [str(ROOT / ".venv/bin/certreload"), "--dir", str(secret), "--san", "cluster-1",
                 "--dsn", server.superuser_dsn(), "--server-addr", f"127.0.0.1:{server.port}",
                 "--log-format", "json", "--log-level", "warning"]  # fmt: skip
-        if os.geteuid() == 0:
-            argv = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", *argv]
-        daemon = subprocess.Popen(argv)
+        daemon = subprocess.Popen(as_server_user(argv))
         time.sleep(2.0)
         latencies: list[float] = []
         missed = 0
@@ -133,10 +127,7 @@ def main() -> int:
             daemon.wait(timeout=30)
         server.cleanup()
         subprocess.run(["rm", "-rf", str(base)], check=False)
-    print(json.dumps(figures, indent=2))
-    out = ROOT / "benchmarks/results"
-    out.mkdir(exist_ok=True)
-    (out / "latency.json").write_text(json.dumps(figures, indent=2) + "\n")
+    report(figures, "latency")
     return 0
 
 

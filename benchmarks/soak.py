@@ -15,7 +15,6 @@ runs it with 200 rounds and checks the same figures.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -28,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import as_server_user, report, server_gid  # noqa: E402
 from certreload.served import ServedError, read_served  # noqa: E402
 from certreload.settings import Address  # noqa: E402
 from tests.support import certs  # noqa: E402
@@ -144,11 +144,7 @@ def soak(rounds: int, log: Path | None = None) -> Summary:
     base = world_traversable_dir("certreload-soak-")
     volume = SecretVolume(base / "secret")
     ca = certs.make_root_ca()
-    gid = 0
-    if os.geteuid() == 0:
-        import pwd
-
-        gid = pwd.getpwnam("postgres").pw_gid
+    gid = server_gid()
 
     def publish(leaf: certs.Issued, key: bytes | None = None) -> None:
         volume.write(
@@ -168,8 +164,7 @@ def soak(rounds: int, log: Path | None = None) -> Summary:
     argv = [str(ROOT / ".venv/bin/certreload"), "--dir", str(secret), "--san", "cluster-1",
             "--dsn", server.superuser_dsn(), "--server-addr", f"127.0.0.1:{server.port}",
             "--log-format", "json", "--log-level", "warning"]  # fmt: skip
-    if os.geteuid() == 0:
-        argv = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", *argv]
+    argv = as_server_user(argv)
     errors = open(log or os.devnull, "w")  # noqa: SIM115 - closed below
     daemon = subprocess.Popen(argv, stderr=errors)
     try:
@@ -216,11 +211,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1000)
     parser.add_argument("--log", type=Path, help="keep the daemon's log here")
     args = parser.parse_args()
-    figures = soak(args.rounds, args.log).figures()
-    print(json.dumps(figures, indent=2))
-    out = ROOT / "benchmarks/results"
-    out.mkdir(exist_ok=True)
-    (out / f"soak-{args.rounds}.json").write_text(json.dumps(figures, indent=2) + "\n")
+    report(soak(args.rounds, args.log).figures(), f"soak-{args.rounds}")
     return 0
 
 
