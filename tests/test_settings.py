@@ -184,3 +184,27 @@ def test_check_gives_the_same_verdict_from_toml_as_from_flags(
     config.write_text(f'dir = "{tmp_path}"\nsans = ["db.example.com"]\n')
     assert main(["--check", "--config", str(config)]) == 3
     assert "unknown key 'sans'" in capsys.readouterr().out
+
+
+def test_python_dash_m_and_the_console_script() -> None:
+    """``python -m certreload`` and the ``certreload`` script both run main()."""
+    import subprocess
+    import sys
+
+    from certreload import __version__
+
+    module = subprocess.run(
+        [sys.executable, "-m", "certreload", "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert module.returncode == 0
+    assert __version__ in module.stdout
+    script = Path(sys.prefix) / "bin" / "certreload"
+    bad = subprocess.run(
+        [str(script), "--interval", "x", "--dir", "/d"], capture_output=True, text=True, check=False
+    )
+    assert bad.returncode == 64
+    assert "--interval" in bad.stderr
+    assert "Traceback" not in bad.stderr
