@@ -33,8 +33,8 @@ from certreload.settings import Address
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
 
-    from certreload.daemon import CycleResult
     from certreload.pem import CertInfo
+    from certreload.reconcile import CycleResult
 
 TRIGGERS = ("start", "timer", "watch", "signal")
 HEALTH_MARGIN = 60.0  # seconds beyond twice the interval before /healthz says the loop is stuck
@@ -135,7 +135,7 @@ class Metrics:
 
     def observe(self, result: CycleResult) -> None:
         """Map one cycle's result onto the metrics."""
-        from certreload.daemon import Outcome
+        from certreload.reconcile import Outcome
 
         self.checks.labels(result.trigger).inc()
         if result.outcome is Outcome.REJECTED:
