@@ -53,7 +53,9 @@ def diagnose(files: Iterable[Path], mountinfo: str | None = None) -> list[Findin
     folders_seen: set[Path] = set()
     for path in files:
         absolute = Path(os.path.abspath(path))
-        if str(absolute) in points:
+        # mountinfo lists the resolved path: a folder reached through a link must match too
+        resolved_parent = Path(os.path.realpath(absolute.parent)) / absolute.name
+        if str(absolute) in points or str(resolved_parent) in points:
             findings.append(
                 Finding(
                     str(path),

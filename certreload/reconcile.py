@@ -11,8 +11,10 @@ rejected (nothing reloaded); 3 the server could not be reached or reloaded.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -295,21 +297,28 @@ class Reconciler:
         env.pop("CERTRELOAD_DSN", None)
         env.pop("CERTRELOAD_PGBOUNCER_DSN", None)
         try:
-            done = subprocess.run(
+            # its own session, so that a timeout kills the hook's children too, not only sh
+            proc = subprocess.Popen(
                 ["/bin/sh", "-c", command],
                 env=env,
-                capture_output=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
-                timeout=self.settings.on_change_timeout,
-                check=False,
+                start_new_session=True,
             )
-        except subprocess.TimeoutExpired:
-            return f"--on-change did not finish in {self.settings.on_change_timeout:g} s; killed"
         except OSError as exc:
             return f"--on-change could not be started: {exc.strerror}"
+        try:
+            out, err = proc.communicate(timeout=self.settings.on_change_timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return f"--on-change did not finish in {self.settings.on_change_timeout:g} s; killed"
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip()[-300:]
-            return f"--on-change exited {done.returncode}: {tail}"
+            return f"--on-change exited {done.returncode}" + (f": {tail}" if tail else "")
         return None
 
     def _served_info(self) -> CertInfo | None:
