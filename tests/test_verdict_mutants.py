@@ -2,8 +2,12 @@
 
 Each pins a behaviour of the verdict or of libpq's name rules that no other test pinned: a
 boundary, which file a problem names, which fix a refusal gets, that a problem is not said
-twice.  Snapshots are built in memory (``judge`` reads no file), so owners and modes are plain
-values and ``now`` is passed in.
+twice.  Prose is not pinned, but what a person copies out of a fix is: commands (``chmod``,
+``openssl ...``), options (``--san NAME``) and Kubernetes field names (``defaultMode``,
+``fsGroup``, ``renewBefore``), which are case-sensitive.
+
+Snapshots are built in memory (``judge`` reads no file), so owners and modes are plain values
+and ``now`` is passed in.
 """
 
 from __future__ import annotations
@@ -202,7 +206,7 @@ def test_no_names_is_a_warning_only_without_names(leaf: certs.Issued, ca: certs.
     assert [w.code for w in unnamed.warnings] == ["no-names"]
     assert unnamed.warnings[0].file == ""
     assert unnamed.warnings[0].message
-    assert unnamed.warnings[0].fix
+    assert "--san NAME" in unnamed.warnings[0].fix
     assert judge(good(leaf, ca), ROOT, NOW).warnings == ()
 
 
@@ -226,6 +230,7 @@ def test_key_owned_by_another_user(leaf: certs.Issued, ca: certs.Issued) -> None
     assert "uid 4242" in problem.message
     assert "(postgres)" in problem.message
     assert "chown postgres" in problem.fix
+    assert "defaultMode: 0640 and an fsGroup" in problem.fix
 
 
 def test_key_of_the_server_user_with_group_access(leaf: certs.Issued, ca: certs.Issued) -> None:
@@ -235,6 +240,9 @@ def test_key_of_the_server_user_with_group_access(leaf: certs.Issued, ca: certs.
     assert problem.file == KEY
     assert "0640" in problem.message
     assert "postgres" in problem.message
+    assert problem.fix.startswith("chmod 0600 it")
+    assert "defaultMode: 0640 with an fsGroup" in problem.fix
+    assert "install mode" in problem.fix
     assert judge(with_key(leaf, ca, mode=0o600, uid=PG_UID, gid=PG_UID), POSTGRES, NOW).valid
 
 
@@ -245,6 +253,8 @@ def test_root_key_with_world_access(leaf: certs.Issued, ca: certs.Issued) -> Non
     assert problem.file == KEY
     assert "0644" in problem.message
     assert "root" in problem.message
+    assert problem.fix.startswith("chmod 0640 it")
+    assert "defaultMode: 0640 and an fsGroup" in problem.fix
     assert judge(with_key(leaf, ca, mode=0o640, uid=0, gid=PG_UID), POSTGRES, NOW).valid
 
 
@@ -277,6 +287,7 @@ def test_owner_without_read_bit_cannot_read(leaf: certs.Issued, ca: certs.Issued
     )
     problem = only(judge(write_only, POSTGRES, NOW), "unreadable-by-server")
     assert problem.file == CERT
+    assert "fsGroup" in problem.fix
 
 
 @pytest.mark.parametrize(("role", "flag"), [("cert", "--cert"), ("key", "--key"), ("ca", "--ca")])
@@ -312,8 +323,17 @@ def test_permission_denied_fix_names_the_uid(leaf: certs.Issued, ca: certs.Issue
 
 
 def test_unparseable_cert_is_not_also_refused(leaf: certs.Issued, ca: certs.Issued) -> None:
-    """A DER certificate is explained once ('cert-unreadable'), not again as OpenSSL's refusal."""
-    only(judge(pems(leaf.cert_der, leaf.key_pem, ca.cert_pem), ROOT, NOW), "cert-unreadable")
+    """A DER certificate is explained once ('cert-unreadable'), not again as OpenSSL's refusal;
+    the fix gives the command that writes it as PEM.
+    """
+    v = judge(pems(leaf.cert_der, leaf.key_pem, ca.cert_pem), ROOT, NOW)
+    assert "openssl x509 -in FILE -out tls.crt" in only(v, "cert-unreadable").fix
+
+
+def test_unparseable_key_fix_gives_the_command(leaf: certs.Issued, ca: certs.Issued) -> None:
+    """A DER key: 'key-unreadable', and the fix gives the command that writes it as PEM."""
+    v = judge(pems(leaf.cert_pem, leaf.key_der, ca.cert_pem), ROOT, NOW)
+    assert "openssl pkey -in FILE -out tls.key" in only(v, "key-unreadable").fix
 
 
 def test_wrong_key_is_one_mismatch_naming_the_certificate(
@@ -359,6 +379,7 @@ def test_mismatch_cryptography_cannot_see_is_left_to_openssl(
     problem = only(v, "key-mismatch")
     assert problem.file == KEY
     assert "OpenSSL" in problem.message
+    assert problem.fix
 
 
 def test_refused_key_and_certificate_are_each_named(ca: certs.Issued) -> None:
@@ -367,7 +388,8 @@ def test_refused_key_and_certificate_are_each_named(ca: certs.Issued) -> None:
     v = judge(pems(cert, key, ca.cert_pem), ROOT, NOW)
     assert codes(v) == ["cert-refused", "key-refused"]
     assert [p.file for p in v.problems] == [CERT, KEY]
-    assert all("refused by OpenSSL" in p.message and p.fix for p in v.problems)
+    assert all("refused by OpenSSL" in p.message for p in v.problems)
+    assert all("`openssl x509`/`openssl pkey`" in p.fix for p in v.problems)
 
 
 def test_refused_key_is_named_after_an_explained_certificate(
@@ -398,7 +420,7 @@ def test_without_ca_file_the_system_store_is_judged(leaf: certs.Issued) -> None:
     """No CA file (--ca system): a private CA's leaf does not chain; the fix names the store."""
     v = judge(pems(leaf.cert_pem, leaf.key_pem, None), ROOT, NOW)
     problem = only(v, "chain")
-    assert "the system trust store" in problem.fix
+    assert problem.fix.endswith("chain in the system trust store")
     assert v.files == {"cert": CERT, "key": KEY}
 
 
@@ -433,6 +455,19 @@ def test_client_auth_leaf_gets_the_purpose_fix(ca: certs.Issued) -> None:
     assert "serverAuth" in problem.fix
     assert problem.message.endswith("'")
     assert "issuer" not in problem.message
+
+
+def test_other_verify_errors_get_the_generic_chain_fix() -> None:
+    """A refusal the fix table does not know (path length exceeded) gets the generic fix: the
+    ``openssl verify`` command for these very files, exactly as it must be typed.
+    """
+    root = certs.make_root_ca(basic_constraints=x509.BasicConstraints(ca=True, path_length=0))
+    inter = certs.make_intermediate(root)
+    deep = certs.make_leaf(inter, dns_sans=["db.example.com"])
+    bundle = certs.concat(deep.cert_pem, inter.cert_pem)
+    problem = only(judge(pems(bundle, deep.key_pem, root.cert_pem), ROOT, NOW), "chain")
+    assert "path length" in problem.message
+    assert problem.fix.endswith(f"openssl verify -CAfile {CA} -untrusted {CERT} {CERT}")
 
 
 # --------------------------------------------------------------------------- refusal words
@@ -493,7 +528,7 @@ def test_expiring_warning_says_when(ca: certs.Issued) -> None:
     assert warning.code == "expiring"
     assert warning.file == CERT
     assert f"expires on {end:%Y-%m-%d %H:%M:%S} UTC, in 2 days 5 hours" in warning.message
-    assert warning.fix
+    assert "renewBefore" in warning.fix
 
 
 def test_expiring_window_is_strict(ca: certs.Issued) -> None:
