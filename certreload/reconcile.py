@@ -34,6 +34,7 @@ from certreload.verdict import Verdict, judge
 
 SETTLE_SECONDS = 1.0  # how long a rejected new set is re-read before it is reported
 SETTLE_STEP = 0.1
+SETTLE_CAP = 10.0  # a set that keeps changing is reported after this long at most
 CONFIRM_SECONDS = 2.0  # how long to wait for the server to present the new certificate
 CONFIRM_STEP = 0.02
 
@@ -152,7 +153,7 @@ class Reconciler:
         return snap, judge(snap, policy_of(s), self.clock())
 
     def _settled_verdict(self) -> tuple[Snapshot, Verdict, bool]:
-        """A verdict; a rejected new set is re-read for up to SETTLE_SECONDS first.
+        """A verdict; a rejected new set is re-read until it stops changing for SETTLE_SECONDS.
 
         A non-atomic writer (cp, certbot's live/ links) leaves a half-written set for a
         moment; a kubelet swap never does, and a valid set is never delayed.
@@ -160,11 +161,16 @@ class Reconciler:
         snap, verdict = self._judge()
         if verdict.valid or verdict.digest == self.state.rejected_digest:
             return snap, verdict, False
-        deadline = time.monotonic() + SETTLE_SECONDS
+        started = time.monotonic()
+        deadline = started + SETTLE_SECONDS
+        seen = _generation(snap)
         while time.monotonic() < deadline and not self._nap(SETTLE_STEP):
             snap, verdict = self._judge()
             if verdict.valid or verdict.digest == self.state.rejected_digest:
                 return snap, verdict, False
+            if _generation(snap) != seen:  # a writer is still at work: give it the time again
+                seen = _generation(snap)
+                deadline = min(time.monotonic() + SETTLE_SECONDS, started + SETTLE_CAP)
         new = verdict.digest != self.state.rejected_digest
         self.state.rejected_digest = verdict.digest
         return snap, verdict, new
@@ -445,6 +451,11 @@ class Reconciler:
             f"after pg_reload_conf() the server still presents {served}, not the files' "
             "certificate; likely: " + "; ".join(causes)
         )
+
+
+def _generation(snap: Snapshot) -> tuple[str, tuple[str | None, ...]]:
+    """What changes when a writer touches the set: the contents, or where the links point."""
+    return snap.digest, tuple(item.resolved for item in snap.files)
 
 
 def ca_rotation_warning(snap: Snapshot, previous_ca: bytes | None) -> str | None:
