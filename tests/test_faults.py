@@ -290,10 +290,14 @@ def test_certbot_style_non_atomic_update_is_served_not_rejected(rig: Rig) -> Non
 
 def test_sigterm_exits_0_and_sighup_runs_a_cycle(rig: Rig) -> None:
     """SIGHUP: a cycle with trigger 'signal'; SIGTERM: exit 0 and 'stopped'."""
+    from tests.support.pgserver import free_port
+    from tests.test_metrics_notify import get
+
     rig.server.start()
-    rig.start()
-    eventually(lambda: rig.serves(rig.current), "started")
-    time.sleep(0.5)
+    port = free_port()
+    rig.start("--listen", f"127.0.0.1:{port}")
+    # the first cycle has run, so the signal handlers are in place
+    eventually(lambda: get(f"http://127.0.0.1:{port}/readyz")[0] == 200, "the first cycle")
     assert rig.daemon is not None
     rig.daemon.send_signal(signal.SIGHUP)
     time.sleep(1.0)
