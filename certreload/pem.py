@@ -217,7 +217,7 @@ def chain_path(
         for pool in (trusted, extra):
             candidates = [c for c in pool if c is not current and issued_by(current.cert, c.cert)]
             if candidates:
-                candidates.sort(key=lambda c: not (c.info.not_before <= now <= c.info.not_after))
+                candidates.sort(key=lambda c: not (c.info.not_before <= now < c.info.not_after))
                 break
         else:
             return path, False

@@ -89,10 +89,8 @@ _VERIFY_FIX = {
 }
 
 
-def _problem(file: FileRead | None, code: str, what: str, fix: str) -> Problem:
-    name = file.name if file is not None else ""
-    message = f"{name} {what}" if name else what
-    return Problem(name, code, message, fix)
+def _problem(file: FileRead, code: str, what: str, fix: str) -> Problem:
+    return Problem(file.name, code, f"{file.name} {what}", fix)
 
 
 def _key_rule(key: FileRead, policy: Policy) -> Problem | None:
@@ -182,10 +180,9 @@ class _Judgement:
     explained: set[str] = field(default_factory=set)  # roles that already have a problem
     server_ctx: ssl.SSLContext | None = None  # the set as the server loaded it
 
-    def add(self, file: FileRead | None, code: str, what: str, fix: str) -> None:
+    def add(self, file: FileRead, code: str, what: str, fix: str) -> None:
         self.problems.append(_problem(file, code, what, fix))
-        if file is not None:
-            self.explained.add(file.role)
+        self.explained.add(file.role)
 
     def fix_text(self, template: str) -> str:
         ca = self.snapshot.ca.name if self.snapshot.ca is not None else "the system trust store"
@@ -263,7 +260,6 @@ def _refusal_words(refusal: openssl.Refusal) -> str:
         "security level",
         "CA_MD_TOO_WEAK": "holds a certificate signed with a digest too weak for OpenSSL's "
         "security level (SHA-1 or MD5)",
-        "BAD_DECRYPT": "is encrypted with a passphrase, which PostgreSQL cannot use on reload",
     }.get(refusal.code)
     return words or f"is refused by OpenSSL: {refusal.reason}"
 
@@ -273,7 +269,6 @@ def _refusal_fix(refusal: openssl.Refusal) -> str:
         "EE_KEY_TOO_SMALL": "reissue the certificate with an RSA-2048 or larger, or an EC key",
         "CA_KEY_TOO_SMALL": "reissue the chain from a CA with a 2048-bit or larger key",
         "CA_MD_TOO_WEAK": "reissue the certificate signed with SHA-256 or better",
-        "BAD_DECRYPT": "write the key unencrypted: openssl pkey -in FILE -out tls.key",
     }.get(refusal.code, "replace the file with one that `openssl x509`/`openssl pkey` reads")
 
 
@@ -284,11 +279,11 @@ def _client_check(j: _Judgement) -> None:
         return  # the server would not load the set: said already
     try:
         client_ctx = openssl.client_context(snap.ca.data if snap.ca is not None else None)
-    except ssl.SSLError as exc:
+    except ssl.SSLError as exc:  # the server has just loaded this bundle with the same call
         j.add(
-            snap.ca,
+            snap.ca or snap.cert,
             "ca-refused",
-            f"cannot be loaded as a client's root bundle ({exc.reason})",
+            f"cannot be loaded as a client's root bundle ({exc.reason or exc})",
             "write the CA certificate(s) as PEM",
         )
         return
@@ -321,7 +316,8 @@ def _dates(j: _Judgement) -> None:
     for index, parsed in enumerate(path):
         info = parsed.info
         kind = "its leaf" if index == 0 else f"chain certificate '{info.label}'"
-        file = j.snapshot.cert if index == 0 or parsed in j.certs else j.snapshot.ca
+        ca = j.snapshot.ca  # a chain certificate that tls.crt does not hold came from ca.crt
+        file = ca if ca is not None and index > 0 and parsed not in j.certs else j.snapshot.cert
         if info.not_before > j.now:
             j.add(
                 file,
@@ -329,7 +325,7 @@ def _dates(j: _Judgement) -> None:
                 f"{kind} is not valid before {info.not_before:%Y-%m-%d %H:%M:%S} UTC",
                 "wait, or reissue it with a start date in the past (check the issuer's clock)",
             )
-        elif info.not_after < j.now:
+        elif info.not_after <= j.now:  # OpenSSL: expired from the notAfter second on
             j.add(
                 file,
                 "expired",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import ssl
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.x509.oid import NameOID
 
+from certreload import judge as openssl
 from certreload.names import NameFacts, host_matches
 from certreload.snapshot import FileRead, Role, Snapshot, digest_of
 from certreload.verdict import Policy, Problem, Verdict, judge
@@ -517,6 +519,49 @@ def test_valid_from_the_not_before_second(ca: certs.Issued) -> None:
     assert judge(later, ROOT, start).valid
     problem = only(judge(later, ROOT, start - timedelta(seconds=1)), "not-yet-valid")
     assert f"its leaf is not valid before {start:%Y-%m-%d %H:%M:%S} UTC" in problem.message
+
+
+def test_expired_from_the_not_after_second(ca: certs.Issued, tmp_path: Path) -> None:
+    """At notAfter exactly the leaf is expired, a second earlier it is valid: the verdict
+    says what the real ``openssl verify -attime`` says at both seconds.
+    """
+    end = NOW + timedelta(days=1)
+    s = dated(ca, NOW - timedelta(days=1), end)
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+    (tmp_path / "leaf.pem").write_bytes(s.cert.data or b"")
+    for at, valid in ((end - timedelta(seconds=1), True), (end, False)):
+        openssl = subprocess.run(
+            ["openssl", "verify", "-attime", str(int(at.timestamp())), "-CAfile",
+             tmp_path / "ca.pem", tmp_path / "leaf.pem"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert (openssl.returncode == 0) is valid, openssl.stdout + openssl.stderr
+        v = judge(s, ROOT, at)
+        assert v.valid is valid, (at, v.problems)
+    assert f"its leaf expired on {end:%Y-%m-%d %H:%M:%S} UTC" in only(v, "expired").message
+
+
+def test_a_client_bundle_openssl_cannot_load_is_a_problem_not_an_exception(
+    leaf: certs.Issued, ca: certs.Issued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not reached with real bytes (the server side has just loaded the same bundle with the
+    same call), so the client's load is made to fail: the verdict names ca.crt, or tls.crt
+    when the system store is used, instead of raising.  Control: unpatched, the set is valid.
+    """
+    assert judge(good(leaf, ca), ROOT, NOW).valid
+
+    def refuse(ca_data: bytes | None) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(cadata="-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+        return ctx  # not reached: OpenSSL raises
+
+    monkeypatch.setattr(openssl, "client_context", refuse)
+    problem = only(judge(good(leaf, ca), ROOT, NOW), "ca-refused")
+    assert problem.file == CA
+    assert "cannot be loaded as a client's root bundle" in problem.message
+    assert "PEM" in problem.fix
+    system = judge(pems(leaf.cert_pem, leaf.key_pem, None), ROOT, NOW)
+    assert only(system, "ca-refused").file == CERT
 
 
 def test_expiring_warning_says_when(ca: certs.Issued) -> None:
