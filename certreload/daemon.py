@@ -25,8 +25,26 @@ BACKOFF_CAP = 30.0
 EXIT_LISTEN = 1  # --listen could not bind: may be passing, so systemd may restart it
 
 
-def log_result(log: Any, result: CycleResult, settings: Settings) -> None:
-    """The canonical line of a cycle, plus the rejection details once per distinct content."""
+_TROUBLE = frozenset(
+    {
+        Outcome.REJECTED,
+        Outcome.RELOAD_FAILED,
+        Outcome.UNREACHABLE,
+        Outcome.NOT_PERMITTED,
+        Outcome.INSTALL_FAILED,
+    }
+)
+
+
+def log_result(
+    log: Any, result: CycleResult, settings: Settings, previous: Outcome | None = None
+) -> None:
+    """The canonical line of a cycle, plus the rejection details once per distinct content.
+
+    ``previous`` is the last cycle's outcome: the first quiet cycle after trouble (server
+    unreachable, reload refused or not confirmed, set rejected) is told at info, so that
+    log-based alerts can clear.
+    """
     verdict = result.verdict
     fields: dict[str, Any] = {
         "trigger": result.trigger,
@@ -69,7 +87,10 @@ def log_result(log: Any, result: CycleResult, settings: Settings) -> None:
     if result.outcome is Outcome.UNCHANGED and result.pgbouncer is Outcome.RELOADED:
         log.info("PgBouncer reloaded", **fields)
     elif result.outcome is Outcome.UNCHANGED:
-        if result.trigger in ("start", "signal"):
+        if previous in _TROUBLE:
+            log.info("server presents the files' certificate again", previous=str(previous),
+                     **fields)  # fmt: skip
+        elif result.trigger in ("start", "signal"):
             log.info("server presents the files' certificate", **fields)
         else:
             log.debug("cycle", **fields)
@@ -96,6 +117,7 @@ class Daemon:
         self.log = logs.get()
         self.listeners: list[Callable[[CycleResult], None]] = []
         self.on_watch_event: Callable[[], None] = lambda: None
+        self._previous: Outcome | None = None  # the last cycle's outcome, for log_result
 
     @property
     def stopping(self) -> bool:
@@ -170,7 +192,8 @@ class Daemon:
         return result.exit_code
 
     def _tell(self, result: CycleResult) -> None:
-        log_result(self.log, result, self.settings)
+        log_result(self.log, result, self.settings, self._previous)
+        self._previous = result.outcome
         for listener in self.listeners:
             listener(result)
 
