@@ -198,7 +198,10 @@ def served_trust_note(
     try:
         presented = describe(x509.load_der_x509_certificate(served.der))
         trusted = parse_certs(snap.ca.data)
-        extras = parse_certs(snap.cert.data)[1:]
+        if served.chain is not None:  # what clients get: the chain the server sends
+            extras = [describe(x509.load_der_x509_certificate(der)) for der in served.chain]
+        else:
+            extras = parse_certs(snap.cert.data)[1:]
     except (ValueError, UnreadableError):
         return None
     if chain_path(presented, extras, trusted, datetime.now(UTC))[1]:

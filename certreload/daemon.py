@@ -88,9 +88,8 @@ def log_result(
         log.info("PgBouncer reloaded", **fields)
     elif result.outcome is Outcome.UNCHANGED:
         if previous in _TROUBLE:
-            log.info("server presents the files' certificate again", previous=str(previous),
-                     **fields)  # fmt: skip
-        elif result.trigger in ("start", "signal"):
+            fields["previous"] = str(previous)
+        if previous in _TROUBLE or result.trigger in ("start", "signal"):
             log.info("server presents the files' certificate", **fields)
         else:
             log.debug("cycle", **fields)

@@ -166,7 +166,7 @@ class Metrics:
             self.pgbouncer_matches.set(1 if ok else 0)
         if result.outcome in (Outcome.RELOADED, Outcome.RELOADED_UNCONFIRMED):
             self.ca_trusted.set(0 if result.ca_rotation else 1)
-        self.health.cycle_done(ready=result.installed or not self.install_mode)
+        self.health.cycle_done(ready=result.holds_installed or not self.install_mode)
 
 
 class Health:

@@ -104,6 +104,7 @@ class CycleResult:
     reload_attempted: bool = False  # pg_reload_conf() was called (or tried)
     served_info: CertInfo | None = None  # what the server presented last, when read
     installed: bool = False  # --install-dir holds this valid set after the cycle
+    holds_installed: bool = False  # --install-dir holds a set certreload installed (any)
     pgbouncer: Outcome | None = None  # PgBouncer's outcome, when it is a target
     pgbouncer_error: str | None = None
     ca_rotation: str | None = None  # the new leaf is not trusted by the previous ca.crt
@@ -125,6 +126,7 @@ class _State:
     served: str | None = None  # sha256 of what the server presented when last read
     applied_ca: bytes | None = None  # ca.crt of the set last applied: what clients were given
     hooked_digest: str | None = None  # the last set --on-change ran for
+    reloaded_digest: str | None = None  # the last set the server or PgBouncer was reloaded for
 
 
 @dataclass
@@ -178,6 +180,13 @@ class Reconciler:
     def cycle(self, trigger: str) -> CycleResult:
         started = time.monotonic()
         result = self._cycle(trigger)
+        folder = self.settings.install_dir
+        if folder is not None:
+            from certreload.install import installed_digest
+
+            result = dataclasses.replace(
+                result, holds_installed=installed_digest(folder) is not None
+            )
         return dataclasses.replace(result, duration=time.monotonic() - started)
 
     def _cycle(self, trigger: str) -> CycleResult:
@@ -201,11 +210,15 @@ class Reconciler:
                 except InstallError as exc:
                     return CycleResult(trigger, Outcome.INSTALL_FAILED, verdict, error=str(exc))
         previous_ca = self.state.applied_ca
-        result = self._server(trigger, verdict)
+        result = self._server(trigger, verdict, snap.changed_at)
         result = dataclasses.replace(result, installed=self._installed(verdict.digest))
-        if self.settings.pgbouncer_addr is not None and self.settings.pgbouncer_dsn:
+        pgbouncer = self.settings.pgbouncer_addr is not None and self.settings.pgbouncer_dsn
+        # superseded: the server read newer files, and the next cycle takes them for both
+        if pgbouncer and result.outcome is not Outcome.SUPERSEDED:
             outcome, error = self._pgbouncer(verdict, trigger)
             result = dataclasses.replace(result, pgbouncer=outcome, pgbouncer_error=error)
+        if Outcome.RELOADED in (result.outcome, result.pgbouncer):
+            self.state.reloaded_digest = verdict.digest
         if result.outcome in (Outcome.RELOADED, Outcome.RELOADED_UNCONFIRMED, Outcome.UNCHANGED):
             ca_data = snap.ca.data if snap.ca is not None else None
             if result.outcome is not Outcome.UNCHANGED and previous_ca is not None:
@@ -213,7 +226,10 @@ class Reconciler:
                     result, ca_rotation=ca_rotation_warning(snap, previous_ca)
                 )
             self.state.applied_ca = ca_data
-        if result.outcome is Outcome.RELOADED and result.exit_code == 0:
+        # --on-change: once a set certreload reloaded is presented by every target (PgBouncer
+        # may catch up in a later cycle)
+        applied = result.outcome in (Outcome.RELOADED, Outcome.UNCHANGED) and result.exit_code == 0
+        if applied and self.state.reloaded_digest == verdict.digest:
             result = dataclasses.replace(result, hook_error=self._on_change(verdict))
         return result
 
@@ -223,8 +239,14 @@ class Reconciler:
         folder = self.settings.install_dir
         return folder is not None and installed_digest(folder) == digest
 
-    def _server(self, trigger: str, verdict: Verdict) -> CycleResult:
-        """Make the server present the valid set: probe, reload and confirm as needed."""
+    def _server(self, trigger: str, verdict: Verdict, changed_at: float) -> CycleResult:
+        """Make the server present the valid set: probe, reload and confirm as needed.
+
+        The server presenting the files' leaf does not prove that it loaded their ca.crt or
+        intermediates.  Content that certreload has not yet seen applied (at start, or after
+        a failed reload) is therefore reloaded when the server last loaded its configuration
+        before the files last changed.
+        """
         assert verdict.leaf is not None
         wanted = verdict.leaf.fingerprint_sha256
         address = self.settings.server_addr
@@ -240,7 +262,12 @@ class Reconciler:
                 return CycleResult(trigger, Outcome.UNREACHABLE, verdict, error=str(exc))
             before = self.state.served = served.fingerprint_sha256
             if before == wanted:
-                self.state.applied_digest = verdict.digest
+                if verdict.digest != self.state.applied_digest:
+                    loaded = self._loaded_since(changed_at)
+                    if loaded is False:
+                        return self._reload(trigger, verdict, before)
+                    if loaded is True:
+                        self.state.applied_digest = verdict.digest
                 return CycleResult(
                     trigger, Outcome.UNCHANGED, verdict, before, before, served_info=verdict.leaf
                 )
@@ -405,6 +432,19 @@ class Reconciler:
             return False  # the server reads the installed copy, which only we change
         s = self.settings
         return snapshot.read(s.cert, s.key, s.ca).digest != digest
+
+    def _loaded_since(self, changed_at: float) -> bool | None:
+        """Did the server load its configuration after the files last changed?
+
+        None when the server cannot be asked; the next cycle asks again.
+        """
+        from certreload import pg
+
+        try:
+            loaded = pg.conf_load_time(self.settings.dsn)
+        except pg.PgError:
+            return None
+        return loaded.timestamp() >= changed_at
 
     def _processed(self, facts: Any) -> bool:
         from certreload import pg

@@ -13,10 +13,12 @@ import socket
 import ssl
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from certreload.settings import Address
 
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+_ENCODING_DER = 2  # _ssl.ENCODING_DER, for the certificate objects of Python before 3.13
 
 
 class ServedError(Exception):
@@ -25,9 +27,10 @@ class ServedError(Exception):
 
 @dataclass(frozen=True)
 class Served:
-    """The leaf certificate a server presents."""
+    """The leaf certificate a server presents, and the chain certificates it sends with it."""
 
     der: bytes
+    chain: tuple[bytes, ...] | None = None  # DER, after the leaf; None: this Python cannot say
 
     @property
     def fingerprint_sha256(self) -> str:
@@ -39,6 +42,24 @@ def _context() -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # reading, not trusting: the verdict judges the files
     return ctx
+
+
+def _sent_chain(tls: ssl.SSLSocket) -> tuple[bytes, ...] | None:
+    """The certificates the peer sent after its leaf, or None when this Python cannot tell.
+
+    Python 3.13 has ``SSLSocket.get_unverified_chain()``; 3.10 to 3.12 have it only on the
+    internal ``_sslobj``, returning certificate objects instead of DER bytes.
+    """
+    sslobj = getattr(tls, "_sslobj", None)
+    get = getattr(tls, "get_unverified_chain", None) or getattr(
+        sslobj, "get_unverified_chain", None
+    )
+    if get is None:
+        return None
+    sent: list[Any] = get() or []
+    return tuple(
+        item if isinstance(item, bytes) else item.public_bytes(_ENCODING_DER) for item in sent[1:]
+    )
 
 
 def read_served(address: Address, timeout: float = 5.0) -> Served:
@@ -59,6 +80,7 @@ def read_served(address: Address, timeout: float = 5.0) -> Served:
         tls = _context().wrap_socket(sock, do_handshake_on_connect=True)
         try:
             der = tls.getpeercert(binary_form=True)
+            chain = _sent_chain(tls)
         finally:
             try:
                 sock = tls.unwrap()  # close_notify: no "connection reset" line in the server log
@@ -66,7 +88,7 @@ def read_served(address: Address, timeout: float = 5.0) -> Served:
                 sock = tls
         if not der:
             raise ServedError(f"the server at {address} presented no certificate")
-        return Served(der)
+        return Served(der, chain)
     except ssl.SSLError as exc:
         raise ServedError(f"TLS with {address} failed: {exc.reason or exc}") from None
     except OSError as exc:

@@ -34,6 +34,7 @@ class FileRead:
     mode: int = 0
     uid: int = -1
     gid: int = -1
+    ctime: float = 0.0  # st_ctime: when the file was last written, renamed or chmod-ed
 
     @property
     def name(self) -> str:
@@ -54,6 +55,11 @@ class Snapshot:
     @property
     def files(self) -> tuple[FileRead, ...]:
         return (self.cert, self.key) + ((self.ca,) if self.ca is not None else ())
+
+    @property
+    def changed_at(self) -> float:
+        """The newest st_ctime of the files (seconds since the epoch)."""
+        return max(item.ctime for item in self.files)
 
 
 def _read_one(role: Role, path: Path) -> FileRead:
@@ -78,7 +84,8 @@ def _read_one(role: Role, path: Path) -> FileRead:
 
         def result(data: bytes | None = None, error: str | None = None) -> FileRead:
             mode = stat.S_IMODE(info.st_mode)
-            return FileRead(role, path, resolved, data, error, mode, info.st_uid, info.st_gid)
+            uid, gid, ctime = info.st_uid, info.st_gid, info.st_ctime
+            return FileRead(role, path, resolved, data, error, mode, uid, gid, ctime)
 
         if stat.S_ISDIR(info.st_mode):
             return result(error="is a folder, not a file")

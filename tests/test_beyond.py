@@ -242,7 +242,7 @@ def test_on_change_hook(rig: Rig) -> None:
     time.sleep(0.5)
     assert not record.exists()  # nothing changed: the hook did not run
     leaf = rig.publish()
-    eventually(record.exists, "the hook ran")
+    eventually(lambda: record.exists() and "---" in record.read_text(), "the hook ran")
     text = record.read_text()
     assert f"CERTRELOAD_FINGERPRINT_SHA256={leaf.fingerprint_sha256}" in text
     assert f"CERTRELOAD_NOT_AFTER={leaf.cert.not_valid_after_utc.isoformat()}" in text

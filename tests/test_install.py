@@ -270,10 +270,6 @@ def test_check_with_install_dir_accepts_the_0644_source_key(rig: Rig) -> None:
     assert report["valid"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open question: install-mode readiness follows the current files' digest",
-)
 def test_readyz_after_a_restart_with_a_bad_secret_and_a_good_set_installed(rig: Rig) -> None:
     """certreload restarts (a sidecar container restart keeps D) while the secret holds a bad
     set: D still holds the last valid set, byte-identical, and the server can start on it.
