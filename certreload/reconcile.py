@@ -327,8 +327,8 @@ class Reconciler:
             if self.settings.install_dir
             else str(self.settings.cert),
         }
-        env.pop("CERTRELOAD_DSN", None)
-        env.pop("CERTRELOAD_PGBOUNCER_DSN", None)
+        for secret in ("CERTRELOAD_DSN", "CERTRELOAD_PGBOUNCER_DSN", "PGPASSWORD"):
+            env.pop(secret, None)
         try:
             # its own session, so that a timeout kills the hook's children too, not only sh
             proc = subprocess.Popen(

@@ -375,6 +375,8 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Setti
     pgbouncer_addr = _address_option(values, "pgbouncer_addr", problems)
     if values.get("pgbouncer_dsn") and pgbouncer_addr is None:
         problems.append("--pgbouncer-dsn needs --pgbouncer-addr (where PgBouncer presents TLS)")
+    if pgbouncer_addr is not None and not values.get("pgbouncer_dsn"):
+        problems.append("--pgbouncer-addr needs --pgbouncer-dsn (its admin console, to RELOAD it)")
 
     try:
         pg_user = _pg_user(values.get("pg_user"))

@@ -216,6 +216,7 @@ def test_hook_sees_neither_dsn_with_pgbouncer_as_a_target(rig: Rig) -> None:
         **os.environ,
         "CERTRELOAD_DSN": f"{rig.server.superuser_dsn()} password={PASSWORD}",
         "CERTRELOAD_PGBOUNCER_DSN": f"{rig.bouncer.admin_dsn} password={PASSWORD}",
+        "PGPASSWORD": PASSWORD,  # libpq's own variable, as a DSN without password= uses
         "ISSUE6_MARKER": "inherited",
     }
     with daemon(argv, env) as d:
@@ -229,6 +230,7 @@ def test_hook_sees_neither_dsn_with_pgbouncer_as_a_target(rig: Rig) -> None:
         names = {line.partition("=")[0] for line in text.splitlines()}
         assert "CERTRELOAD_DSN" not in names
         assert "CERTRELOAD_PGBOUNCER_DSN" not in names
+        assert "PGPASSWORD" not in names
         assert PASSWORD not in text
         assert "ISSUE6_MARKER=inherited" in text.splitlines()
         assert f"CERTRELOAD_FINGERPRINT_SHA256={leaf.fingerprint_sha256}" in text.splitlines()

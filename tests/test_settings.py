@@ -120,6 +120,7 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
         (["--check", "--once"], {}, "exclude each other"),
         (["--json"], {}, "--json goes with --check"),
         (["--pgbouncer-dsn", "dbname=pgbouncer"], {}, "needs --pgbouncer-addr"),
+        (["--pgbouncer-addr", "127.0.0.1:6432"], {}, "needs --pgbouncer-dsn"),
         ([], {"CERTRELOAD_INTERVAL": "0"}, "environment CERTRELOAD_INTERVAL"),
         (["--on-change-timeout", "0"], {}, "greater than 0"),
     ],
