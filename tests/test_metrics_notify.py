@@ -212,6 +212,28 @@ def test_metrics_and_probes_through_rotation_and_rejection(rig: Rig) -> None:
     assert code == 0, err
 
 
+def test_ready_after_a_first_cycle_that_found_the_server_unreachable(rig: Rig) -> None:
+    """/readyz means 'a first cycle finished', not 'the server is fine': with nothing
+    listening at --server-addr the first cycle is 'unreachable', and both probes answer 200
+    (a startup probe must not hold back the PostgreSQL container certreload waits for).
+    The failure shows where it belongs: the reachability gauge and the log line.
+    """
+    port = free_port()
+    closed = free_port()
+    proc = start_daemon(rig, "--listen", f"127.0.0.1:{port}", "--server-addr",
+                        f"127.0.0.1:{closed}")  # fmt: skip
+    try:
+        eventually(lambda: get(f"http://127.0.0.1:{port}/readyz")[0] == 200, "/readyz 200")
+        assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        text = get(f"http://127.0.0.1:{port}/metrics")[1]
+        assert value(text, "certreload_served_matches_files") == 0
+        assert value(text, "certreload_checks_total", trigger="start") == 1
+    finally:
+        code, err = stop_daemon(proc)
+    assert code == 0, err
+    assert '"outcome": "unreachable"' in err
+
+
 def test_health_follows_the_loop() -> None:
     """Alive until twice the interval plus the margin passes without a cycle; ready after one."""
     now = [1000.0]
