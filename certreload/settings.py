@@ -313,7 +313,12 @@ def _pg_user(name: str | None) -> PgUser:
         if name.isdigit():
             return PgUser(name, int(name), frozenset())
         raise ValueError(f"no OS user named {name!r}") from None
-    return PgUser(name, entry.pw_uid, frozenset({entry.pw_gid, *_groups_of(entry.pw_name)}))
+    gids = {entry.pw_gid, *_groups_of(entry.pw_name)}
+    if entry.pw_uid == os.geteuid():
+        # the kernel's view too: in a user namespace (systemd's PrivateUsers=yes) unmapped
+        # groups read as the overflow gid, on files and in getgroups() alike
+        gids |= {os.getegid(), *os.getgroups()}
+    return PgUser(name, entry.pw_uid, frozenset(gids))
 
 
 def _groups_of(user: str) -> list[int]:

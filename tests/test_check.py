@@ -7,7 +7,11 @@ each runs the real CLI: in-process through ``main`` and, once, as a subprocess a
 
 from __future__ import annotations
 
+import grp
 import json
+import os
+import pwd
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +24,7 @@ import pytest
 from certreload.cli import main
 from tests.support import certs
 from tests.support.certs import TlsFiles, install_tls_files
-from tests.support.pgserver import PgServer, as_server_user, free_port
+from tests.support.pgserver import PgServer, as_server_user, free_port, world_traversable_dir
 
 pytestmark = pytest.mark.pg
 NAMES = ["cluster-1", "cluster-1-repl", "cluster-1-pooler", "cluster-1-pooler-repl"]
@@ -221,3 +225,55 @@ def test_as_a_subprocess_run_by_postgres(pg_server: PgServer, pg_live_dir: Path)
     added = pg_server.log_text()[len(before) :]
     assert "could not" not in added
     assert "connection" not in added.lower()
+
+
+def _in_user_namespace(argv: list[str]) -> list[str]:
+    """``argv`` as postgres in a new user namespace mapping only postgres (as systemd's
+    PrivateUsers=yes does for the service user): other users and groups read as overflow ids.
+    """
+    return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups",
+            "unshare", "--user", "--map-current-user", "--", *argv]  # fmt: skip
+
+
+def test_group_read_access_is_judged_as_the_kernel_sees_it_in_a_user_namespace(
+    pki: certs.Issued,
+) -> None:
+    """tls.crt root:ssl-cert 0640, read by postgres through ssl-cert, as certreload runs under
+    systemd's PrivateUsers=yes: there the file's group and the user's supplementary group both
+    read as the overflow gid.  The server's user can read it, so --check says OK, whether the
+    server's user is certreload's own or named with --pg-user.  Control: at 0600 postgres
+    cannot read it, and --check says so (CRITICAL).
+    """
+    try:
+        ssl_cert = grp.getgrnam("ssl-cert")
+    except KeyError:
+        pytest.skip("no ssl-cert group")
+    if os.geteuid() != 0 or "postgres" not in ssl_cert.gr_mem or not shutil.which("unshare"):
+        pytest.skip("needs root, unshare and postgres in the ssl-cert group")
+    probe = subprocess.run(_in_user_namespace(["true"]), capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip("user namespaces are not available here")
+    folder = world_traversable_dir("certreload-userns-")
+    try:
+        files, _ = files_for(pki)
+        (folder / "tls.crt").write_bytes(files.cert)
+        (folder / "tls.key").write_bytes(files.key)
+        (folder / "ca.crt").write_bytes(files.ca)
+        os.chown(folder / "tls.crt", 0, ssl_cert.gr_gid)
+        postgres = pwd.getpwnam("postgres")
+        os.chown(folder / "tls.key", postgres.pw_uid, postgres.pw_gid)
+        (folder / "tls.key").chmod(0o600)
+        command = [str(Path(sys.prefix) / "bin" / "certreload"), "--check", "--dir", str(folder),
+                   *sans(*NAMES), "--server-addr", "none"]  # fmt: skip
+        for mode, expected in ((0o640, 0), (0o600, 2)):
+            (folder / "tls.crt").chmod(mode)
+            for extra in ([], ["--pg-user", "postgres"]):
+                result = subprocess.run(
+                    _in_user_namespace([*command, *extra]), capture_output=True, text=True,
+                    check=False,
+                )  # fmt: skip
+                assert result.returncode == expected, (oct(mode), extra, result.stdout)
+                if expected:
+                    assert "tls.crt cannot be read: permission denied" in result.stdout
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
