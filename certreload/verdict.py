@@ -317,7 +317,7 @@ def _dates(j: _Judgement) -> None:
         info = parsed.info
         kind = "its leaf" if index == 0 else f"chain certificate '{info.label}'"
         ca = j.snapshot.ca  # a chain certificate that tls.crt does not hold came from ca.crt
-        file = ca if ca is not None and index > 0 and parsed not in j.certs else j.snapshot.cert
+        file = ca if ca is not None and parsed not in j.certs else j.snapshot.cert
         if info.not_before > j.now:
             j.add(
                 file,
