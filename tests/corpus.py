@@ -35,6 +35,7 @@ from tests.support.certs import (
     truncated,
     with_crlf,
     with_trailing_garbage,
+    with_wrong_rsa_crt_coefficient,
 )
 
 TLS_CRT, TLS_KEY, CA_CRT = "tls.crt", "tls.key", "ca.crt"
@@ -377,6 +378,20 @@ def _trailing_garbage_key(pki: Pki) -> CertSet:
         loaded=True,
         valid=True,
         problems=KEY,
+    )
+
+
+@case("rsa_key_wrong_crt_coefficient")
+def _rsa_wrong_crt(pki: Pki) -> CertSet:
+    leaf = _plain(pki, key_kind="rsa2048")
+    return _set(
+        leaf,
+        key=with_wrong_rsa_crt_coefficient(leaf.key_pem),
+        ca=pki.root.cert_pem,
+        loaded=True,
+        valid=True,
+        problems=KEY,
+        note="openssl rsa -check refuses the key, PostgreSQL and its clients do not mind",
     )
 
 

@@ -15,6 +15,7 @@ them.  Nothing here prints key bytes.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
 import os
@@ -505,6 +506,35 @@ def with_crlf(pem: bytes) -> bytes:
 def with_trailing_garbage(pem: bytes, garbage: bytes = b"\nthis is not PEM at all\n") -> bytes:
     """``pem`` followed by text that is not a PEM block."""
     return pem + garbage
+
+
+def with_wrong_rsa_crt_coefficient(pem: bytes) -> bytes:
+    """An RSA key whose CRT coefficient (iqmp) is off by one: the public half and ``d`` are
+    right, so OpenSSL loads and uses it (it checks each CRT signature and falls back to
+    ``d``), but ``openssl rsa -check`` and cryptography's key validation refuse it.
+    """
+    key = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    numbers = key.private_numbers()
+
+    def integer(value: int) -> bytes:
+        body = value.to_bytes(value.bit_length() // 8 + 1, "big")
+        return b"\x02" + _der_length(len(body)) + body
+
+    fields = (0, numbers.public_numbers.n, numbers.public_numbers.e, numbers.d, numbers.p,
+              numbers.q, numbers.dmp1, numbers.dmq1, numbers.iqmp + 1)  # fmt: skip
+    body = b"".join(integer(v) for v in fields)
+    der = b"\x30" + _der_length(len(body)) + body
+    lines = base64.encodebytes(der).replace(b"\n", b"")
+    wrapped = b"\n".join(lines[i : i + 64] for i in range(0, len(lines), 64))
+    return b"-----BEGIN RSA PRIVATE KEY-----\n" + wrapped + b"\n-----END RSA PRIVATE KEY-----\n"
+
+
+def _der_length(length: int) -> bytes:
+    if length < 0x80:
+        return bytes([length])
+    size = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(size)]) + size
 
 
 def concat(*pems: bytes) -> bytes:
