@@ -193,7 +193,7 @@ def served_trust_note(
         return None
     from cryptography import x509
 
-    from certreload.pem import UnreadableError, chain_path, describe, parse_certs
+    from certreload.pem import PARSE_ERRORS, UnreadableError, chain_path, describe, parse_certs
 
     try:
         presented = describe(x509.load_der_x509_certificate(served.der))
@@ -202,7 +202,7 @@ def served_trust_note(
             extras = [describe(x509.load_der_x509_certificate(der)) for der in served.chain]
         else:
             extras = parse_certs(snap.cert.data)[1:]
-    except (ValueError, UnreadableError):
+    except (*PARSE_ERRORS, UnreadableError):
         return None
     if chain_path(presented, extras, trusted, datetime.now(UTC))[1]:
         return None

@@ -27,7 +27,14 @@ _CERT_LABELS = {b"CERTIFICATE", b"TRUSTED CERTIFICATE", b"X509 CERTIFICATE"}
 
 
 # what cryptography raises for damaged certificates (some only when a field is first read)
-_PARSE_ERRORS = (ValueError, UnsupportedAlgorithm, x509.InvalidVersion)
+# what cryptography raises for a certificate it cannot read (fields are parsed lazily)
+PARSE_ERRORS = (
+    ValueError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
 
 
 class UnreadableError(Exception):
@@ -129,7 +136,7 @@ def describe_der(der: bytes) -> CertInfo | None:
     """The facts of a DER certificate (as a server presents it); None if it cannot be parsed."""
     try:
         return describe(x509.load_der_x509_certificate(der)).info
-    except _PARSE_ERRORS:
+    except PARSE_ERRORS:
         return None
 
 
@@ -146,7 +153,7 @@ def parse_certs(data: bytes) -> list[ParsedCert]:
     try:
         # cryptography parses fields lazily: a damaged name or date fails in describe()
         return [describe(cert) for cert in x509.load_pem_x509_certificates(data)]
-    except _PARSE_ERRORS as exc:
+    except PARSE_ERRORS as exc:
         raise UnreadableError(f"holds a certificate that cannot be parsed ({exc})") from None
 
 

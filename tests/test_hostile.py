@@ -157,9 +157,12 @@ DATA = Path(__file__).parent / "data"
 
 
 @pytest.mark.parametrize("name", ["tls.crt", "ca.crt"])
-@pytest.mark.parametrize("found", ["malformed-issuer.pem", "bad-version.pem"])
+@pytest.mark.parametrize(
+    "found", ["malformed-issuer.pem", "bad-version.pem", "duplicate-extension.pem"]
+)
 def test_fuzzer_finds(tmp_path: Path, name: str, found: str) -> None:
-    """Found by the fuzzer: an issuer name that fails to parse only when read; version 54.
+    """Found by the fuzzer: an issuer name that fails to parse only when read; version 54;
+    a basicConstraints extension given twice (cryptography raises DuplicateExtension).
 
     Each must be a named problem of its file, not an exception; the good set is the control.
     """
