@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ from functools import cache
 _NO_CHECK_TIME = 0x200000  # X509_V_FLAG_NO_CHECK_TIME
 _PG_CIPHERS = "HIGH:MEDIUM:+3DES:!aNULL"  # ssl_ciphers' default
 _PG_ECDH_CURVE = "prime256v1"  # ssl_ecdh_curve's default
+# SSL_load_client_CA_file, which the server also reads ssl_ca_file with, takes only these
+_CLIENT_CA_BLOCK = re.compile(rb"-----BEGIN (?:X509 )?CERTIFICATE-----")
+NO_CLIENT_CA = "NO_CLIENT_CA"
 # what SSL_CTX_check_private_key says when both files loaded but do not pair (a key of another
 # kind goes into another slot than the certificate: "no certificate assigned")
 _KEY_CHECK_REASONS = frozenset(
@@ -157,6 +161,10 @@ def load_as_server(
                 ctx.load_verify_locations(cafile=ca_path)
             except ssl.SSLError as exc:
                 ca_refusal = _refusal(exc)
+        if ca_refusal is None and not _CLIENT_CA_BLOCK.search(ca):
+            # e.g. only TRUSTED CERTIFICATE blocks: verify locations load, the CA list does not
+            ca_refusal = Refusal("no start line (no CERTIFICATE block for the client CA list)",
+                                 NO_CLIENT_CA)  # fmt: skip
     result = LoadResult(cert_refusal, key_refusal, pair_refusal, ca_refusal)
     return result, (ctx if result.loaded else None)
 

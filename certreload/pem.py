@@ -7,6 +7,8 @@ verdict checks itself.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import warnings
 from dataclasses import dataclass
@@ -140,6 +142,37 @@ def describe_der(der: bytes) -> CertInfo | None:
         return None
 
 
+_TRUSTED = re.compile(
+    rb"-----BEGIN TRUSTED CERTIFICATE-----(.*?)-----END TRUSTED CERTIFICATE-----", re.DOTALL
+)
+
+
+def _first_tlv(der: bytes) -> bytes | None:
+    """The first DER element of ``der`` (a SEQUENCE), or None when its header is broken."""
+    if len(der) < 2 or der[0] != 0x30:
+        return None
+    if der[1] < 0x80:
+        end = 2 + der[1]
+    else:
+        size = der[1] & 0x7F
+        if not 1 <= size <= 4 or len(der) < 2 + size:
+            return None
+        end = 2 + size + int.from_bytes(der[2 : 2 + size], "big")
+    return der[:end] if end <= len(der) else None
+
+
+def _untrusted(match: re.Match[bytes]) -> bytes:
+    try:
+        body = _first_tlv(base64.b64decode(b"".join(match.group(1).split()), validate=True))
+    except binascii.Error:
+        body = None
+    if body is None:
+        return match.group(0)  # left as it is: cryptography says what is wrong with it
+    return (
+        b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(body) + b"-----END CERTIFICATE-----"
+    )
+
+
 def parse_certs(data: bytes) -> list[ParsedCert]:
     """Every certificate of a PEM file, in order; raises UnreadableError saying what is wrong."""
     begins, ends = _labels(data)
@@ -150,6 +183,11 @@ def parse_certs(data: bytes) -> list[ParsedCert]:
     if not any(label in _CERT_LABELS for label in begins):
         found = ", ".join(sorted({b.decode() for b in begins}))
         raise UnreadableError(f"holds no certificate, only PEM blocks of type {found}")
+    # OpenSSL's TRUSTED CERTIFICATE blocks (written by `openssl x509 -trustout`) are read by
+    # PostgreSQL and libpq: the certificate, followed by trust settings that OpenSSL's own
+    # verification applies.  cryptography reads only the certificate part.
+    if b"TRUSTED CERTIFICATE" in begins:
+        data = _TRUSTED.sub(_untrusted, data)
     try:
         # cryptography parses fields lazily: a damaged name or date fails in describe()
         return [describe(cert) for cert in x509.load_pem_x509_certificates(data)]

@@ -260,6 +260,8 @@ def _refusal_words(refusal: openssl.Refusal) -> str:
         "security level",
         "CA_MD_TOO_WEAK": "holds a certificate signed with a digest too weak for OpenSSL's "
         "security level (SHA-1 or MD5)",
+        openssl.NO_CLIENT_CA: "holds no plain CERTIFICATE block: the server also reads it as "
+        "its list of client CAs, which takes no TRUSTED CERTIFICATE blocks",
     }.get(refusal.code)
     return words or f"is refused by OpenSSL: {refusal.reason}"
 
@@ -269,6 +271,7 @@ def _refusal_fix(refusal: openssl.Refusal) -> str:
         "EE_KEY_TOO_SMALL": "reissue the certificate with an RSA-2048 or larger, or an EC key",
         "CA_KEY_TOO_SMALL": "reissue the chain from a CA with a 2048-bit or larger key",
         "CA_MD_TOO_WEAK": "reissue the certificate signed with SHA-256 or better",
+        openssl.NO_CLIENT_CA: "write each CA as a plain block: openssl x509 -in FILE -out ca.crt",
     }.get(refusal.code, "replace the file with one that `openssl x509`/`openssl pkey` reads")
 
 

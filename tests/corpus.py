@@ -33,6 +33,7 @@ from tests.support.certs import (
     make_leaf,
     make_root_ca,
     truncated,
+    trusted,
     with_crlf,
     with_trailing_garbage,
     with_wrong_rsa_crt_coefficient,
@@ -393,6 +394,43 @@ def _rsa_wrong_crt(pki: Pki) -> CertSet:
         problems=KEY,
         note="openssl rsa -check refuses the key, PostgreSQL and its clients do not mind",
     )
+
+
+@case("trusted_certificate_leaf")
+def _trusted_leaf(pki: Pki) -> CertSet:
+    leaf = _plain(pki)
+    # openssl x509 -trustout: the server reads the leaf's block, trust settings and all
+    return _set(leaf, cert=trusted(leaf.cert_pem), ca=pki.root.cert_pem, loaded=True, valid=True)
+
+
+@case("trusted_certificate_leaf_and_intermediate")
+def _trusted_chain(pki: Pki) -> CertSet:
+    leaf = make_leaf(pki.intermediate, cn="db.example.com", dns_sans=["db.example.com"])
+    cert = concat(trusted(leaf.cert_pem), trusted(pki.intermediate.cert_pem))
+    # the server reads chain certificates without trust settings: it skips the intermediate
+    return _set(leaf, cert=cert, ca=pki.root.cert_pem, loaded=True, valid=False, problems=CERT)
+
+
+@case("trusted_certificate_ca_for_server_auth")
+def _trusted_ca(pki: Pki) -> CertSet:
+    leaf = _plain(pki)
+    ca = trusted(pki.root.cert_pem, "-addtrust", "serverAuth")
+    # ssl_ca_file is also read as the list of client CAs, which takes no TRUSTED blocks
+    return _set(leaf, ca=ca, loaded=False, valid=False, problems=CA)
+
+
+@case("trusted_certificate_ca_rejected_for_server_auth")
+def _rejected_ca(pki: Pki) -> CertSet:
+    leaf = _plain(pki)
+    ca = trusted(pki.root.cert_pem, "-addreject", "serverAuth")
+    return _set(leaf, ca=ca, loaded=False, valid=False, problems=CA)
+
+
+@case("trusted_certificate_ca_for_client_auth_only")
+def _client_auth_ca(pki: Pki) -> CertSet:
+    leaf = _plain(pki)
+    ca = trusted(pki.root.cert_pem, "-addtrust", "clientAuth")
+    return _set(leaf, ca=ca, loaded=False, valid=False, problems=CA)
 
 
 @case("crlf_line_endings")

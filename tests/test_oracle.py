@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,9 +198,12 @@ class Rig:
 @pytest.fixture
 def rig(
     pg_server: PgServer, pg_live_dir: Path, good_tls_files: TlsFiles, tls_workspace: Path
-) -> Rig:
-    """Everything the oracle needs besides the set itself."""
-    return Rig(pg_server, pg_live_dir, good_tls_files, tls_workspace)
+) -> Iterator[Rig]:
+    """Everything the oracle needs besides the set itself; the session server is left on
+    the known good set for the tests that share it.
+    """
+    yield Rig(pg_server, pg_live_dir, good_tls_files, tls_workspace)
+    _restore_good(pg_server, good_tls_files, pg_live_dir)
 
 
 @pytest.mark.parametrize("case_name", list(CASES))

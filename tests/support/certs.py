@@ -537,6 +537,18 @@ def _der_length(length: int) -> bytes:
     return bytes([0x80 | len(size)]) + size
 
 
+def trusted(pem: bytes, *trust: str) -> bytes:
+    """``pem`` as OpenSSL's TRUSTED CERTIFICATE, by ``openssl x509 -trustout`` with ``trust``
+    options (e.g. ``-addtrust serverAuth``, ``-addreject serverAuth``).
+    """
+    result = subprocess.run(
+        ["openssl", "x509", "-trustout", *trust], input=pem, capture_output=True, check=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.stdout.startswith(b"-----BEGIN TRUSTED CERTIFICATE-----")
+    return result.stdout
+
+
 def concat(*pems: bytes) -> bytes:
     """PEM blocks one after another, each ending in a newline."""
     return b"".join(p if p.endswith(b"\n") else p + b"\n" for p in pems)
