@@ -106,7 +106,21 @@ def seeds() -> str:
     for index, (leaf_pem, key) in enumerate(leaves):
         body = bytes([index]) + leaf_pem + SEP + key_pem(key) + SEP + pem(root)
         (folder / f"seed{index}").write_bytes(body)
+    # OpenSSL's TRUSTED CERTIFICATE form (certificate + trust settings), as a leaf and a CA
+    leaf_pem, key = leaves[0]
+    body = b"\0" + trusted(leaf_pem) + SEP + key_pem(key) + SEP + trusted(pem(root))
+    (folder / "seed-trusted").write_bytes(body)
     return str(folder)
+
+
+def trusted(pem: bytes) -> bytes:
+    """``pem`` as ``openssl x509 -trustout -addtrust serverAuth`` writes it."""
+    import subprocess
+
+    return subprocess.run(
+        ["openssl", "x509", "-trustout", "-addtrust", "serverAuth"],
+        input=pem, capture_output=True, check=True,
+    ).stdout  # fmt: skip
 
 
 def main() -> None:
