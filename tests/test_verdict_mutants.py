@@ -633,3 +633,21 @@ def test_name_problem_without_any_name(ca: certs.Issued) -> None:
     """Neither SAN nor CN: the certificate offers 'none'."""
     problem = named(ca, ("db.example.com",), cn=None)
     assert "(the certificate offers: none)" in problem.message
+
+
+def test_ca_of_only_trusted_blocks_is_refused_with_the_command(
+    leaf: certs.Issued, ca: certs.Issued
+) -> None:
+    """A ca.crt holding its root only as OpenSSL's TRUSTED CERTIFICATE: the server's list of
+    client CAs cannot be read from it (the oracle measured the refusal), so 'ca-refused' on
+    ca.crt says why and gives the command that writes a plain block.  Control: the same root
+    as a plain block beside the trusted one is accepted.
+    """
+    trusted = certs.trusted(ca.cert_pem, "-addtrust", "serverAuth")
+    problem = only(judge(pems(leaf.cert_pem, leaf.key_pem, trusted), ROOT, NOW), "ca-refused")
+    assert problem.file == CA
+    assert "no plain CERTIFICATE block" in problem.message
+    assert "TRUSTED CERTIFICATE blocks" in problem.message
+    assert "openssl x509 -in FILE -out ca.crt" in problem.fix
+    both = certs.concat(trusted, ca.cert_pem)
+    assert judge(pems(leaf.cert_pem, leaf.key_pem, both), ROOT, NOW).valid
