@@ -28,7 +28,6 @@ _END = re.compile(rb"-----END ([A-Z0-9 ]+)-----")
 _CERT_LABELS = {b"CERTIFICATE", b"TRUSTED CERTIFICATE", b"X509 CERTIFICATE"}
 
 
-# what cryptography raises for damaged certificates (some only when a field is first read)
 # what cryptography raises for a certificate it cannot read (fields are parsed lazily)
 PARSE_ERRORS = (
     ValueError,
@@ -162,15 +161,22 @@ def _first_tlv(der: bytes) -> bytes | None:
 
 
 def _untrusted(match: re.Match[bytes]) -> bytes:
+    """The block as a plain CERTIFICATE block holding only the certificate."""
     try:
-        body = _first_tlv(base64.b64decode(b"".join(match.group(1).split()), validate=True))
+        der = base64.b64decode(b"".join(match.group(1).split()), validate=True)
     except binascii.Error:
-        body = None
-    if body is None:
         return match.group(0)  # left as it is: cryptography says what is wrong with it
+    # with a broken header, all of it: cryptography names the damage (a block under another
+    # label would be skipped without a word)
+    body = _first_tlv(der) or der
     return (
         b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(body) + b"-----END CERTIFICATE-----"
     )
+
+
+def trusted_after_first(data: bytes) -> bool:
+    """Does a TRUSTED CERTIFICATE block follow the first PEM block (the server skips those)?"""
+    return b"TRUSTED CERTIFICATE" in _BLOCK.findall(data)[1:]
 
 
 def parse_certs(data: bytes) -> list[ParsedCert]:

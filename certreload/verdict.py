@@ -25,6 +25,7 @@ from certreload.pem import (
     parse_certs,
     parse_key,
     public_der,
+    trusted_after_first,
 )
 from certreload.snapshot import FileRead, Snapshot
 
@@ -75,6 +76,8 @@ class Verdict:
         return any(w.code == "expiring" for w in self.warnings)
 
 
+# X509_V_ERR_CERT_UNTRUSTED, X509_V_ERR_CERT_REJECTED: only trust settings give these
+_TRUST_SETTINGS = frozenset({27, 28})
 _VERIFY_FIX = {
     2: "put the missing intermediate certificate after the leaf in {cert}, or its CA in {ca}",
     20: "put the missing intermediate after the leaf in {cert}, and the root CA that issued "
@@ -291,6 +294,17 @@ def _client_check(j: _Judgement) -> None:
         )
         return
     refusal = openssl.handshake(j.server_ctx, client_ctx)
+    if refusal is not None and refusal.verify_code in _TRUST_SETTINGS and snap.ca is not None:
+        # OpenSSL's trust settings (a TRUSTED CERTIFICATE block) on a root of the bundle
+        j.add(
+            snap.ca,
+            "ca-trust",
+            f"holds the root in a form whose trust settings do not allow a server "
+            f"certificate: OpenSSL says '{refusal.reason}'",
+            "write each CA as a plain block, without trust settings: "
+            "openssl x509 -in FILE -out ca.crt",
+        )
+        return
     if refusal is not None:
         where = _chain_words(j)
         what = f"is not accepted by a verify-full client: OpenSSL says '{refusal.reason}'{where}"
@@ -298,7 +312,14 @@ def _client_check(j: _Judgement) -> None:
             refusal.verify_code,
             "check the chain: openssl verify -CAfile {ca} -untrusted {cert} {cert}",
         )
-        j.add(snap.cert, "chain", what, j.fix_text(template))
+        fix = j.fix_text(template)
+        if snap.cert.data is not None and trusted_after_first(snap.cert.data):
+            fix = (
+                f"write the chain certificates of {snap.cert.name} as plain CERTIFICATE "
+                "blocks: the server skips TRUSTED CERTIFICATE blocks after the leaf "
+                "(openssl x509 -in FILE)"
+            )
+        j.add(snap.cert, "chain", what, fix)
 
 
 def _chain_words(j: _Judgement) -> str:

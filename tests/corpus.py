@@ -433,6 +433,40 @@ def _client_auth_ca(pki: Pki) -> CertSet:
     return _set(leaf, ca=ca, loaded=False, valid=False, problems=CA)
 
 
+# A plain block of a CA the leaf does not chain to gives the server its client-CA list, so
+# these sets load and the clients' reading of the TRUSTED block's trust settings decides.
+
+
+@case("trusted_ca_beside_plain_ca")
+def _trusted_beside_plain(pki: Pki) -> CertSet:
+    leaf = _plain(pki)
+    ca = concat(pki.other_root.cert_pem, trusted(pki.root.cert_pem))
+    return _set(leaf, ca=ca, loaded=True, valid=True)
+
+
+@case("trusted_ca_for_server_auth_beside_plain_ca")
+def _server_auth_beside_plain(pki: Pki) -> CertSet:
+    leaf = _plain(pki)
+    ca = concat(pki.other_root.cert_pem, trusted(pki.root.cert_pem, "-addtrust", "serverAuth"))
+    return _set(leaf, ca=ca, loaded=True, valid=True)
+
+
+@case("trusted_ca_rejected_for_server_auth_beside_plain_ca")
+def _rejected_beside_plain(pki: Pki) -> CertSet:
+    leaf = _plain(pki)
+    ca = concat(pki.other_root.cert_pem, trusted(pki.root.cert_pem, "-addreject", "serverAuth"))
+    # libpq's verification honours the rejection: "certificate rejected"
+    return _set(leaf, ca=ca, loaded=True, valid=False, problems=CA)
+
+
+@case("trusted_ca_for_client_auth_only_beside_plain_ca")
+def _client_auth_beside_plain(pki: Pki) -> CertSet:
+    leaf = _plain(pki)
+    ca = concat(pki.other_root.cert_pem, trusted(pki.root.cert_pem, "-addtrust", "clientAuth"))
+    # trust settings that do not name serverAuth leave the root untrusted for a server
+    return _set(leaf, ca=ca, loaded=True, valid=False, problems=CA)
+
+
 @case("crlf_line_endings")
 def _crlf(pki: Pki) -> CertSet:
     leaf = _plain(pki)

@@ -1,6 +1,6 @@
 """The oracle's corpus, judged in-process: the verdict's contract on every kind of set.
 
-test_oracle.py measures the truth with a real server and real libpq; this runs the same 57
+test_oracle.py measures the truth with a real server and real libpq; this runs the same
 sets straight through ``judge`` (no server, a second each) and pins what every problem must
 carry: a code, the file it concerns (message starting with that path), a fix, and the
 ``message; fix`` form people read.  It is also what mutation testing of the verdict runs.
@@ -55,14 +55,14 @@ def test_corpus_case_in_process(name: str, pki: Pki, tmp_path: Path) -> None:
         assert verdict.chain
         return
     paths = {str(cert): "tls.crt", str(key): "tls.key", str(ca): "ca.crt"}
-    named = {paths[p.file] for p in verdict.problems if p.file}
-    assert named & set(case.problem_files), (named, case.problem_files)
     for problem in verdict.problems:
         assert problem.code
         assert problem.fix
         assert problem.file in paths
         assert problem.message.startswith(problem.file + " ")
         assert str(problem) == f"{problem.message}; {problem.fix}"
+    named = {paths[p.file] for p in verdict.problems if p.file}
+    assert named & set(case.problem_files), (named, case.problem_files)
 
 
 def test_unreadable_by_the_server_user(tmp_path: Path) -> None:

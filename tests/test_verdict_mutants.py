@@ -651,3 +651,28 @@ def test_ca_of_only_trusted_blocks_is_refused_with_the_command(
     assert "openssl x509 -in FILE -out ca.crt" in problem.fix
     both = certs.concat(trusted, ca.cert_pem)
     assert judge(pems(leaf.cert_pem, leaf.key_pem, both), ROOT, NOW).valid
+
+
+def test_trust_settings_and_trusted_intermediates_point_at_their_file(
+    leaf: certs.Issued, ca: certs.Issued
+) -> None:
+    """A root whose trust settings reject server use is ca.crt's problem ('ca-trust'), with
+    the command that writes it plainly; an intermediate in TRUSTED form after the leaf is
+    skipped by the server, so the chain fix says so.  Controls: the same files in plain form
+    are valid.
+    """
+    other = certs.make_root_ca(cn="unrelated root")
+    rejected = certs.concat(other.cert_pem, certs.trusted(ca.cert_pem, "-addreject", "serverAuth"))
+    problem = only(judge(pems(leaf.cert_pem, leaf.key_pem, rejected), ROOT, NOW), "ca-trust")
+    assert problem.file == CA
+    assert "openssl x509 -in FILE -out ca.crt" in problem.fix
+    plain = certs.concat(other.cert_pem, ca.cert_pem)
+    assert judge(pems(leaf.cert_pem, leaf.key_pem, plain), ROOT, NOW).valid
+
+    inter = certs.make_intermediate(ca, cn="issuing")
+    chained = certs.make_leaf(inter, dns_sans=["db.example.com"])
+    cert = certs.concat(chained.cert_pem, certs.trusted(inter.cert_pem))
+    problem = only(judge(pems(cert, chained.key_pem, ca.cert_pem), ROOT, NOW), "chain")
+    assert "as plain CERTIFICATE blocks" in problem.fix
+    cert = certs.concat(chained.cert_pem, inter.cert_pem)
+    assert judge(pems(cert, chained.key_pem, ca.cert_pem), ROOT, NOW).valid
