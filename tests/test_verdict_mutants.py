@@ -665,6 +665,7 @@ def test_trust_settings_and_trusted_intermediates_point_at_their_file(
     rejected = certs.concat(other.cert_pem, certs.trusted(ca.cert_pem, "-addreject", "serverAuth"))
     problem = only(judge(pems(leaf.cert_pem, leaf.key_pem, rejected), ROOT, NOW), "ca-trust")
     assert problem.file == CA
+    assert "trust settings do not allow a server certificate" in problem.message
     assert "openssl x509 -in FILE -out ca.crt" in problem.fix
     plain = certs.concat(other.cert_pem, ca.cert_pem)
     assert judge(pems(leaf.cert_pem, leaf.key_pem, plain), ROOT, NOW).valid
@@ -674,5 +675,6 @@ def test_trust_settings_and_trusted_intermediates_point_at_their_file(
     cert = certs.concat(chained.cert_pem, certs.trusted(inter.cert_pem))
     problem = only(judge(pems(cert, chained.key_pem, ca.cert_pem), ROOT, NOW), "chain")
     assert "as plain CERTIFICATE blocks" in problem.fix
+    assert "skips TRUSTED CERTIFICATE blocks after the leaf (openssl x509 -in FILE)" in problem.fix
     cert = certs.concat(chained.cert_pem, inter.cert_pem)
     assert judge(pems(cert, chained.key_pem, ca.cert_pem), ROOT, NOW).valid
